@@ -1,0 +1,70 @@
+# headroom: `make lab` runs the main job on a local lab; `make test` runs every test.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR := false
+export PY_COLORS := 0
+
+SCENARIOS ?= $(sort $(notdir $(wildcard molecule/*)))
+PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
+
+stage = @echo; echo "==== $(1) ===="; echo
+
+.PHONY: help setup lint unit syntax molecule collection test lab lab-down clean
+
+help:
+	@echo "make lab       build the images, start the lab, run site.yml against it"
+	@echo "make lab-down  remove the lab containers"
+	@echo "make test      lint, syntax, unit tests, collection install test, every molecule scenario"
+	@echo "make setup     virtualenv, Docker engine and base images only"
+
+$(BIN)/ansible: requirements.txt
+	$(call stage,setup: virtualenv from requirements.txt)
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+setup: $(BIN)/ansible
+	$(call stage,setup: Docker engine and base images)
+	scripts/bootstrap.sh
+
+lint: $(BIN)/ansible
+	$(call stage,lint: yamllint)
+	yamllint --strict .
+	$(call stage,lint: ansible-lint (production profile))
+	ansible-lint --profile production --nocolor
+
+syntax: $(BIN)/ansible
+	$(call stage,syntax: ansible-playbook --syntax-check)
+	@for p in $(PLAYBOOKS); do echo "$$p"; ansible-playbook -i inventories/example --syntax-check "$$p" >/dev/null || exit 1; done
+
+unit: $(BIN)/ansible
+	$(call stage,unit: pytest tests/unit)
+	pytest -q tests/unit
+
+collection: setup
+	$(call stage,collection: build and install headroom.pg into an unrelated project)
+	tests/collection/run.sh
+
+molecule: setup
+	@for s in $(SCENARIOS); do \
+	  echo; echo "==== molecule: $$s ===="; echo; \
+	  molecule test -s $$s || exit 1; \
+	done
+
+test: lint syntax unit collection molecule
+	$(call stage,test: all stages passed)
+
+lab: setup
+	$(call stage,lab: containers and inventory)
+	ansible-playbook tests/lab/up.yml
+	$(call stage,lab: site.yml)
+	ansible-playbook site.yml
+
+lab-down: $(BIN)/ansible
+	ansible-playbook tests/lab/down.yml
+
+clean: lab-down
+	rm -rf $(VENV) .cache reports
