@@ -1,0 +1,41 @@
+"""The tuning role sizes each container from its own memory limit and makes it live."""
+
+import pytest
+from ansible_collections.headroom.pg.plugins.filter.postgresql_sizing import effective_resources, pg_tune
+from ansible_collections.headroom.pg.plugins.module_utils.pg_units import parse_size
+
+
+@pytest.fixture
+def expected(host, pg, memory_limit):
+    """What pg_tune gives for the container's limit, computed here from the engine's numbers."""
+    cpus = int(host.check_output("getconf _NPROCESSORS_ONLN"))
+    resources = effective_resources({"memory": memory_limit, "cpus": cpus})
+    return pg_tune(
+        {"memory": resources["memory"], "cpus": resources["cpus"], "version": pg.version, "profile": "web", "storage": "ssd"}
+    )
+
+
+def test_managed_file_is_owned_by_postgres_and_not_world_readable(host, pg):
+    f = host.file(f"{pg.config_dir}/conf.d/50-headroom.conf")
+    assert f.exists
+    assert f.user == "postgres"
+    assert f.mode == 0o640
+    assert "max_connections" in f.content_string
+
+
+def test_running_max_connections_is_what_the_engine_gives_for_the_limit(pg, expected):
+    assert int(pg.show("max_connections")) == expected["max_connections"]
+
+
+def test_running_shared_buffers_is_sized_from_the_limit_not_the_machine(pg, expected, memory_limit):
+    running = parse_size(pg.show("shared_buffers"))
+    assert running == parse_size(expected["shared_buffers"])
+    assert running <= memory_limit // 2
+
+
+def test_nothing_waits_for_a_restart(pg):
+    assert pg.sql("SELECT count(*) FROM pg_settings WHERE pending_restart") == "0"
+
+
+def test_server_read_the_files_without_errors(pg):
+    assert pg.sql("SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"

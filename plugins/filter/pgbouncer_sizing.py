@@ -1,0 +1,249 @@
+"""The pgbouncer_tune filter: PgBouncer pools, processes and file descriptors for one host.
+
+Facts it relies on (PgBouncer documentation and source, and facts.md):
+
+* Pools are per (database entry, user) pair and per process. A database entry with a
+  forced ``user`` has a single pool. ``max_db_connections`` caps one database entry
+  in one process; nothing caps processes or hosts together, which is why this filter
+  and pg_connection_budget count them.
+* PgBouncer is single-threaded: one process uses at most one core. Several processes
+  share a port with ``so_reuseport`` (1.12+).
+* At start PgBouncer expects ``max_client_conn + 10 + sum over databases of
+  pool_size x users`` file descriptors (``check_limits`` in src/main.c) and only
+  logs a mismatch, so the limit has to be set by whoever starts it.
+"""
+
+import math
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import (
+    as_choice,
+    as_count_or_names,
+    as_int,
+    as_size,
+    check_keys,
+)
+from ansible_collections.headroom.pg.plugins.module_utils.pg_units import KB, describe_size
+
+#: PgBouncer's own defaults.
+PGBOUNCER_DEFAULT_POOL_SIZE = 20
+PGBOUNCER_DEFAULT_RESERVE_POOL_SIZE = 0
+
+#: Client connections when the spec gives none: enough for a typical application fleet,
+#: and cheap (see CONNECTION_MEMORY); PgBouncer's own default is 100.
+DEFAULT_MAX_CLIENT_CONN = 1000
+
+#: Transactions per second one PgBouncer process is planned for. The lab measured about
+#: 23k tps through one process sharing 2 cores with PostgreSQL (facts.md); planning for
+#: 20k leaves some room. Idle clients cost no CPU, so without expected_tps one process.
+TPS_PER_PROCESS = 20000
+
+#: "Low memory requirements (2 kB per connection by default)" (pgbouncer.org).
+CONNECTION_MEMORY = 2 * KB
+
+#: Headroom over PgBouncer's expected descriptor count: 10% plus 100 for log files,
+#: listening sockets, peers and DNS; never below the usual soft limit of 1024.
+NOFILE_FACTOR = 1.1
+NOFILE_EXTRA = 100
+NOFILE_MIN = 1024
+
+POOL_MODES = ("transaction", "session", "statement")
+
+SPEC_REQUIRED = ("cpus", "databases")
+SPEC_OPTIONAL = (
+    "memory",
+    "max_client_conn",
+    "server_connection_allowance",
+    "server_cpus",
+    "pool_mode",
+    "processes",
+    "expected_tps",
+    "default_pool_size",
+    "reserve_pool_size",
+)
+DATABASE_REQUIRED = ("name",)
+DATABASE_OPTIONAL = ("users", "user", "pool_size", "reserve_pool_size", "max_db_connections", "target", "pool_mode")
+
+
+def _check_database(entry, position, pool_mode):
+    what = f"databases[{position}]"
+    check_keys(entry, DATABASE_REQUIRED, DATABASE_OPTIONAL, what)
+    name = entry["name"]
+    if not isinstance(name, str) or not name:
+        raise AnsibleFilterError(f"{what}.name must be a non-empty string, got {name!r}")
+    forced_user = entry.get("user")
+    if forced_user is None and entry.get("users") is None:
+        raise AnsibleFilterError(f"{what} ({name}) needs users: a count or a list of the users that connect through it")
+    users = as_count_or_names(entry.get("users", 1), f"{what}.users")
+    if forced_user is not None and users != 1:
+        raise AnsibleFilterError(
+            f"{what} ({name}) forces user {forced_user!r}, so it has one pool; users {entry['users']!r} does not apply"
+        )
+    checked = {
+        "name": name,
+        "users": users,
+        "pool_mode": as_choice(entry.get("pool_mode", pool_mode), f"{what}.pool_mode", POOL_MODES),
+        "pool_size": None,
+        "reserve_pool_size": None,
+        "max_db_connections": None,
+    }
+    for key in ("pool_size", "reserve_pool_size", "max_db_connections"):
+        if entry.get(key) is not None:
+            checked[key] = as_int(entry[key], f"{what}.{key}", minimum=1 if key == "pool_size" else 0)
+    if checked["max_db_connections"] == 0:
+        checked["max_db_connections"] = None  # PgBouncer's 0 means no cap
+    if entry.get("target") is not None:
+        checked["target"] = entry["target"]
+    if forced_user is not None:
+        checked["user"] = forced_user
+    return checked
+
+
+def _per_process_connections(database, pool_size, reserve_pool_size):
+    """Server connections one process may open for one database entry."""
+    size = database["pool_size"] if database["pool_size"] is not None else pool_size
+    reserve = database["reserve_pool_size"] if database["reserve_pool_size"] is not None else reserve_pool_size
+    connections = (size + reserve) * database["users"]
+    if database["max_db_connections"] is not None:
+        connections = min(connections, database["max_db_connections"])
+    return size, reserve, connections
+
+
+def _total(databases, pool_size, reserve_pool_size):
+    return sum(_per_process_connections(db, pool_size, reserve_pool_size)[2] for db in databases)
+
+
+def _processes(spec, cpus):
+    if spec.get("processes") is not None:
+        return as_int(spec["processes"], "processes", minimum=1, maximum=cpus)
+    if spec.get("expected_tps") is not None:
+        tps = as_int(spec["expected_tps"], "expected_tps", minimum=0)
+        return max(1, min(cpus, math.ceil(tps / TPS_PER_PROCESS)))
+    return 1
+
+
+def _fit_pool_size(databases, wanted, reserve_pool_size, allowance, processes):
+    """The largest default pool size (<= wanted) whose pools fit the per-process allowance.
+
+    Pools given explicitly are user input and are never shrunk: when they alone do not
+    fit, or when every default pool at size 1 still does not fit, this raises.
+    """
+    per_process = allowance // processes
+    pools = sum(db["users"] for db in databases)
+    if per_process < pools:
+        raise AnsibleFilterError(
+            f"server_connection_allowance {allowance} cannot give each of the {pools} (database, user) pools "
+            f"of {processes} process(es) one server connection: that needs at least {pools * processes}"
+        )
+    for size in range(wanted, 0, -1):
+        if _total(databases, size, reserve_pool_size) <= per_process:
+            return size, per_process
+    pinned = [db["name"] for db in databases if db["pool_size"] is not None]
+    raise AnsibleFilterError(
+        f"server_connection_allowance {allowance} leaves {per_process} server connections per process, "
+        f"but the pools need {_total(databases, 1, reserve_pool_size)} even with default_pool_size 1 "
+        f"(given pool sizes: {', '.join(pinned) or 'none'}; reserve_pool_size {reserve_pool_size}); "
+        "raise the allowance or lower the given pool and reserve sizes"
+    )
+
+
+def pgbouncer_tune(spec):
+    """PgBouncer settings for one host, and the server connections it can open.
+
+    Pool size: ``default_pool_size`` if given, else ``server_cpus x 2 + 1`` (the
+    PostgreSQL wiki's rule of thumb, applied per pool) when server_cpus is given, else
+    PgBouncer's 20. With ``server_connection_allowance`` (the most server connections
+    this host may open over all its processes) the default pool shrinks until
+    processes x sum over databases of min(max_db_connections, (pool + reserve) x users)
+    fits; pools given per database are never shrunk.
+    """
+    check_keys(spec, SPEC_REQUIRED, SPEC_OPTIONAL, "pgbouncer_tune spec")
+    cpus = as_int(spec["cpus"], "cpus", minimum=1)
+    pool_mode = as_choice(spec.get("pool_mode", "transaction"), "pool_mode", POOL_MODES)
+    max_client_conn = as_int(spec.get("max_client_conn", DEFAULT_MAX_CLIENT_CONN), "max_client_conn", minimum=1)
+    if not isinstance(spec["databases"], (list, tuple)) or not spec["databases"]:
+        raise AnsibleFilterError(f"databases must be a non-empty list of mappings, got {spec['databases']!r}")
+    databases = [_check_database(entry, i, pool_mode) for i, entry in enumerate(spec["databases"])]
+    names = [db["name"] for db in databases]
+    if len(set(names)) != len(names):
+        raise AnsibleFilterError(f"databases names must be distinct, got {', '.join(names)}")
+    processes = _processes(spec, cpus)
+
+    if spec.get("default_pool_size") is not None:
+        pool_size = as_int(spec["default_pool_size"], "default_pool_size", minimum=1)
+    elif spec.get("server_cpus") is not None:
+        pool_size = as_int(spec["server_cpus"], "server_cpus", minimum=1) * 2 + 1
+    else:
+        pool_size = PGBOUNCER_DEFAULT_POOL_SIZE
+    reserve_pool_size = as_int(
+        spec.get("reserve_pool_size", PGBOUNCER_DEFAULT_RESERVE_POOL_SIZE), "reserve_pool_size", minimum=0
+    )
+    allowance = None
+    max_db_connections = 0
+    if spec.get("server_connection_allowance") is not None:
+        allowance = as_int(spec["server_connection_allowance"], "server_connection_allowance", minimum=1)
+        pool_size, max_db_connections = _fit_pool_size(databases, pool_size, reserve_pool_size, allowance, processes)
+
+    sized = []
+    for db in databases:
+        size, reserve, per_process = _per_process_connections(db, pool_size, reserve_pool_size)
+        cap = db["max_db_connections"]
+        entry = {key: db[key] for key in ("name", "target", "user") if key in db} | {
+            "users": db["users"],
+            "pool_mode": db["pool_mode"],
+            "pool_size": size,
+            "reserve_pool_size": reserve,
+            # With an allowance every entry gets a cap equal to what its pools can open: a guard, never reached.
+            "max_db_connections": cap if cap is not None else (per_process if allowance is not None else 0),
+            "server_connections": per_process * processes,
+        }
+        sized.append(entry)
+    per_process_total = sum(entry["server_connections"] for entry in sized) // processes
+
+    # PgBouncer's check_limits counts pool_size x every known user for each entry (once for a
+    # forced user); counting each entry's own users plus reserves is the real maximum.
+    expected_fds = (
+        max_client_conn
+        + 10
+        + sum((entry["pool_size"] + entry["reserve_pool_size"]) * entry["users"] for entry in sized)
+    )
+    nofile_limit = max(NOFILE_MIN, math.ceil(expected_fds * NOFILE_FACTOR) + NOFILE_EXTRA)
+    estimated_memory = processes * (max_client_conn + per_process_total) * CONNECTION_MEMORY
+    if spec.get("memory") is not None:
+        memory = as_size(spec["memory"], "memory", minimum=1)
+        if estimated_memory > memory:
+            raise AnsibleFilterError(
+                f"{processes} process(es) with max_client_conn {max_client_conn} need about "
+                f"{describe_size(estimated_memory)}, more than the memory of {describe_size(memory)}"
+            )
+
+    notes = []
+    for entry in sized:
+        if entry["pool_mode"] == "session":
+            capacity = (entry["pool_size"] + entry["reserve_pool_size"]) * processes
+            notes.append(
+                f"{entry['name']}: session pooling does not multiplex; at most {capacity} clients per user "
+                "are connected at once, the others wait for one to disconnect"
+            )
+    return {
+        "pool_mode": pool_mode,
+        "default_pool_size": pool_size,
+        "reserve_pool_size": reserve_pool_size,
+        "max_db_connections": max_db_connections,
+        "max_client_conn": max_client_conn,
+        "processes": processes,
+        "so_reuseport": processes > 1,
+        "nofile_limit": nofile_limit,
+        "server_connections": per_process_total * processes,
+        "server_connections_per_process": per_process_total,
+        "estimated_memory": estimated_memory,
+        "databases": sized,
+        "notes": notes,
+    }
+
+
+class FilterModule:
+    """PgBouncer sizing filter."""
+
+    def filters(self):
+        return {"pgbouncer_tune": pgbouncer_tune}

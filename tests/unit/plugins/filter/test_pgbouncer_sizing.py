@@ -1,0 +1,246 @@
+"""pgbouncer_tune: pools, processes, file descriptors and the server connections a PgBouncer host opens."""
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import FilterModule, pgbouncer_tune
+
+
+def bouncer(databases=None, **extra):
+    return {"cpus": 2, "databases": databases or [{"name": "appdb", "users": 1}], **extra}
+
+
+def test_the_plugin_registers_pgbouncer_tune():
+    assert set(FilterModule().filters()) == {"pgbouncer_tune"}
+
+
+@pytest.mark.parametrize(
+    ("sentence", "given", "expected"),
+    [
+        (
+            "without hints one process runs PgBouncer's defaults in transaction mode",
+            bouncer(),
+            {
+                "pool_mode": "transaction",
+                "default_pool_size": 20,
+                "reserve_pool_size": 0,
+                "max_db_connections": 0,
+                "max_client_conn": 1000,
+                "processes": 1,
+                "so_reuseport": False,
+                "server_connections": 20,
+            },
+        ),
+        (
+            "the rule of thumb gives 2 x 8 + 1 = 17 per pool for an 8-CPU server",
+            bouncer(server_cpus=8),
+            {"default_pool_size": 17, "server_connections": 17},
+        ),
+        (
+            "a given default_pool_size wins over the rule of thumb",
+            bouncer(server_cpus=8, default_pool_size=10),
+            {"default_pool_size": 10},
+        ),
+        (
+            "every user of a database has its own pool",
+            bouncer([{"name": "appdb", "users": ["app", "report", "admin"]}], server_cpus=4),
+            {"default_pool_size": 9, "server_connections": 27},
+        ),
+        (
+            "reserve pools count as server connections",
+            bouncer([{"name": "appdb", "users": 2}], default_pool_size=10, reserve_pool_size=5),
+            {"server_connections": 30},
+        ),
+        (
+            "max_db_connections caps one database entry in one process",
+            bouncer([{"name": "appdb", "users": 4, "max_db_connections": 25}]),
+            {"server_connections": 25},
+        ),
+        (
+            "a forced user makes one pool",
+            bouncer([{"name": "reports", "user": "reporter"}], default_pool_size=5),
+            {"server_connections": 5},
+        ),
+        (
+            "an allowance shrinks the default pool until every pool fits: 2 users x 15 = 30",
+            bouncer([{"name": "appdb", "users": 2}], server_cpus=16, server_connection_allowance=30),
+            {"default_pool_size": 15, "max_db_connections": 30, "server_connections": 30},
+        ),
+        (
+            "an allowance is shared by the processes: 2 processes x 2 users x 7 = 28 of 30",
+            bouncer([{"name": "appdb", "users": 2}], cpus=4, processes=2, server_connection_allowance=30),
+            {
+                "default_pool_size": 7,
+                "max_db_connections": 15,
+                "server_connections": 28,
+                "server_connections_per_process": 14,
+            },
+        ),
+        (
+            "pools given per database are kept and the default pool takes what is left",
+            bouncer(
+                [{"name": "appdb", "users": 1, "pool_size": 20}, {"name": "shop", "users": 2}],
+                server_connection_allowance=30,
+            ),
+            {"default_pool_size": 5, "server_connections": 30},
+        ),
+        (
+            "several processes share the port with so_reuseport",
+            bouncer(cpus=4, processes=3),
+            {"processes": 3, "so_reuseport": True, "server_connections": 60},
+        ),
+        (
+            "expected_tps of 50000 asks for 3 processes at 20000 each",
+            bouncer(cpus=8, expected_tps=50000),
+            {"processes": 3},
+        ),
+        (
+            "expected_tps never asks for more processes than CPUs",
+            bouncer(cpus=2, expected_tps=500000),
+            {"processes": 2},
+        ),
+        (
+            "idle clients alone do not add processes",
+            bouncer(cpus=8, max_client_conn=20000),
+            {"processes": 1, "max_client_conn": 20000},
+        ),
+        (
+            # 1000 clients + 10 + 20 = 1030 expected; 1.1 x 1030 + 100 = 1233.
+            "nofile_limit is PgBouncer's expected count plus 10% and 100",
+            bouncer(),
+            {"nofile_limit": 1233},
+        ),
+        (
+            # 100 + 10 + 20 = 130, far below the usual soft limit.
+            "nofile_limit never goes below 1024",
+            bouncer(max_client_conn=100),
+            {"nofile_limit": 1024},
+        ),
+        (
+            # 10000 + 10 + (20 + 5) x 3 + 20 x 2 = 10125; 1.1 x 10125 = 11137.5 -> 11138; + 100 = 11238.
+            "nofile_limit counts each database's pools and reserves",
+            bouncer(
+                [{"name": "appdb", "users": 3, "reserve_pool_size": 5}, {"name": "shop", "users": 2}],
+                max_client_conn=10000,
+            ),
+            {"nofile_limit": 11238},
+        ),
+        (
+            "memory for about 2kB per connection is estimated",
+            bouncer(max_client_conn=1000),
+            {"estimated_memory": (1000 + 20) * 2048},
+        ),
+    ],
+)
+def test_pgbouncer_tune(sentence, given, expected):
+    result = pgbouncer_tune(given)
+    assert {key: result[key] for key in expected} == expected, sentence
+
+
+def test_databases_come_back_with_effective_sizes_and_targets_in_order():
+    result = pgbouncer_tune(
+        bouncer(
+            [
+                {"name": "appdb", "users": ["app", "report"], "target": "db1"},
+                {"name": "shop", "users": 1, "target": "db2", "pool_size": 5, "pool_mode": "session"},
+            ],
+            cpus=4,
+            processes=2,
+            server_connection_allowance=60,
+        )
+    )
+    assert result["databases"] == [
+        {
+            "name": "appdb",
+            "target": "db1",
+            "users": 2,
+            "pool_mode": "transaction",
+            "pool_size": 12,
+            "reserve_pool_size": 0,
+            "max_db_connections": 24,
+            "server_connections": 48,
+        },
+        {
+            "name": "shop",
+            "target": "db2",
+            "users": 1,
+            "pool_mode": "session",
+            "pool_size": 5,
+            "reserve_pool_size": 0,
+            "max_db_connections": 5,
+            "server_connections": 10,
+        },
+    ]
+    assert result["server_connections"] == 58
+
+
+def test_session_mode_notes_that_pools_do_not_multiplex():
+    result = pgbouncer_tune(bouncer(pool_mode="session", default_pool_size=10))
+    assert result["notes"] == [
+        (
+            "appdb: session pooling does not multiplex; at most 10 clients per user are connected at once, "
+            "the others wait for one to disconnect"
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sentence", "given", "message"),
+    [
+        ("a typo in a spec key is refused", {**bouncer(), "max_clients": 10}, r"unknown key\(s\) max_clients"),
+        (
+            "a typo in a database key is refused",
+            bouncer([{"name": "a", "users": 1, "poolsize": 5}]),
+            r"databases\[0\] has unknown key\(s\) poolsize",
+        ),
+        ("databases are required", {"cpus": 2}, r"needs the key\(s\) databases"),
+        (
+            "databases must not be empty",
+            bouncer(databases=[]) | {"databases": []},
+            r"databases must be a non-empty list",
+        ),
+        (
+            "users are needed without a forced user",
+            bouncer([{"name": "appdb"}]),
+            r"databases\[0\] \(appdb\) needs users",
+        ),
+        ("zero users are refused", bouncer([{"name": "appdb", "users": 0}]), r"users must be at least 1, got 0"),
+        (
+            "an empty user list is refused",
+            bouncer([{"name": "appdb", "users": []}]),
+            r"users must be a count of at least 1 or a non-empty list",
+        ),
+        (
+            "database names must be distinct",
+            bouncer([{"name": "a", "users": 1}, {"name": "a", "users": 1}]),
+            r"names must be distinct",
+        ),
+        (
+            "an unknown pool mode is refused",
+            bouncer(pool_mode="always"),
+            r"pool_mode 'always' is not one of transaction, session, statement",
+        ),
+        ("more processes than CPUs are refused", bouncer(cpus=2, processes=3), r"processes must be at most 2, got 3"),
+        ("cpus must be an integer", bouncer(cpus="many"), r"cpus must be an integer"),
+        (
+            "an allowance below one connection per pool is refused",
+            bouncer([{"name": "appdb", "users": 5}], cpus=4, processes=2, server_connection_allowance=8),
+            (
+                r"server_connection_allowance 8 cannot give each of the 5 \(database, user\) pools of 2 process\(es\) one "
+                r"server connection: that needs at least 10"
+            ),
+        ),
+        (
+            "given pool sizes that do not fit the allowance are not shrunk",
+            bouncer([{"name": "appdb", "users": 1, "pool_size": 40}], server_connection_allowance=30),
+            r"leaves 30 server connections per process, but the pools need 40 .* \(given pool sizes: appdb",
+        ),
+        (
+            "too little memory for the clients is refused",
+            bouncer(max_client_conn=100000, memory="64MB"),
+            r"1 process\(es\) with max_client_conn 100000 need about 195.4MB, more than the memory of 64MB",
+        ),
+    ],
+)
+def test_pgbouncer_tune_refuses(sentence, given, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        pgbouncer_tune(given)
