@@ -15,12 +15,34 @@ def expected(host, pg, memory_limit):
     )
 
 
-def test_managed_file_is_owned_by_postgres_and_not_world_readable(host, pg):
-    f = host.file(f"{pg.config_dir}/conf.d/50-headroom.conf")
-    assert f.exists
-    assert f.user == "postgres"
-    assert f.mode == 0o640
-    assert "max_connections" in f.content_string
+def full_mode(host):
+    """Debian 13 runs the scenario in config mode "full" (molecule.yml)."""
+    return host.file("/etc/debian_version").content_string.startswith("13")
+
+
+@pytest.fixture
+def managed_file(host, pg):
+    name = "postgresql.conf" if full_mode(host) else "conf.d/50-headroom.conf"
+    return host.file(f"{pg.config_dir}/{name}")
+
+
+def test_managed_file_is_owned_by_postgres_and_not_world_readable(managed_file):
+    assert managed_file.exists
+    assert managed_file.user == "postgres"
+    assert managed_file.mode == 0o640
+    assert "headroom (role postgresql_tuning" in managed_file.content_string
+    assert "\nmax_connections = " in managed_file.content_string
+
+
+def test_full_mode_keeps_the_clusters_paths_and_writes_no_include_file(host, pg, managed_file):
+    if not full_mode(host):
+        assert "data_directory" in host.file(f"{pg.config_dir}/postgresql.conf").content_string
+        return
+    conf = managed_file.content_string
+    assert f"data_directory = '/var/lib/postgresql/{pg.version}/main'" in conf
+    assert f"hba_file = '{pg.config_dir}/pg_hba.conf'" in conf
+    assert "port = 5432" in conf
+    assert not host.file(f"{pg.config_dir}/conf.d/50-headroom.conf").exists
 
 
 def test_running_max_connections_is_what_the_engine_gives_for_the_limit(pg, expected):
