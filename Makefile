@@ -7,7 +7,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := false
 export PY_COLORS := 0
 
-SCENARIOS ?= $(sort $(notdir $(wildcard molecule/*)))
+SCENARIOS ?= $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 
 stage = @echo; echo "==== $(1) ===="; echo
