@@ -22,7 +22,8 @@ help:
 
 $(BIN)/ansible: requirements.txt
 	$(call stage,setup: virtualenv from requirements.txt)
-	python3 -m venv $(VENV)
+	@command -v python3 >/dev/null || { echo "headroom setup: python3 is missing: install Python 3.11 or later."; exit 1; }
+	@python3 -m venv $(VENV) || { echo "headroom setup: python3 cannot create a virtualenv: apt-get install python3-venv."; exit 1; }
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
