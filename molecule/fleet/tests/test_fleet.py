@@ -1,0 +1,250 @@
+"""The fleet scenario: live servers, reports and day-2 playbooks against numbers computed here.
+
+Every expected number is computed by this file from the inventory in molecule.yml and
+from the live servers (nproc, docker's memory limit, pg_stat_activity), not read from
+headroom's own output.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+PROJECT = Path(__file__).resolve().parents[3]
+PASSWORD = "headroom-fleet-only"  # group_vars fleet_password
+DB1, DB2 = "headroom-fleet-db1", "headroom-fleet-db2"
+PGB1, PGB2 = "headroom-fleet-pgb1", "headroom-fleet-pgb2"
+PARITY = ["max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions",
+          "max_locks_per_transaction"]
+RUN = str(int(time.time()))  # application names unique to this run: earlier runs' sessions may linger
+UNIT_BYTES = {None: 1, "": 1, "B": 1, "kB": 1024, "8kB": 8192, "MB": 1024**2}
+CONNECTION_OVERHEAD = 10 * 1024**2  # README: a backend's own memory
+WEB_ALLOCATIONS = 3  # README: work_mem areas per connection for the web profile
+
+
+def node(name):
+    return testinfra.get_host(f"docker://{name}")
+
+
+def sql(name, query, dbname="postgres"):
+    return node(name).check_output(
+        "runuser -u postgres -- psql -XAtq --set=ON_ERROR_STOP=1 --dbname=%s --command=%s", dbname, query
+    )
+
+
+def cpus(name):
+    return int(node(name).check_output("nproc"))
+
+
+def memory_limit(name):
+    out = subprocess.run(["docker", "inspect", "--format", "{{.HostConfig.Memory}}", name],
+                         check=True, capture_output=True, text=True)
+    return int(out.stdout)
+
+
+def expected_demand():
+    """From molecule.yml: pools of 2 x server CPUs + 1 per (database, user), and the direct clients."""
+    pool1, pool2 = 2 * cpus(DB1) + 1, 2 * cpus(DB2) + 1
+    return {
+        DB1: pool1 + pool1 + 3 + 2,  # appdb on pgb1 and pgb2, monitoring 3, backups 2
+        DB2: pool2 + 2 * 2,  # reports on pgb2, report jobs 2 on each of the 2 pgbouncer hosts
+    }
+
+
+def playbook(name, *args, inventories=()):
+    """Run a playbook of the project against this scenario's inventory, with molecule's config."""
+    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+    command = ["ansible-playbook", "-i", str(ephemeral / "inventory")]
+    for extra in inventories:
+        command += ["-i", str(extra)]
+    command += [str(PROJECT / "playbooks" / name), *args]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def client_backends(name):
+    """Client sessions on the server, this query's own left out (pg_stat_activity)."""
+    rows = sql(name, "SELECT coalesce(json_agg(json_build_object('pid', pid, 'app', application_name, "
+                     "'state', state)), '[]') FROM pg_stat_activity "
+                     "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+    return json.loads(rows)
+
+
+def open_idle_sessions(name, app, count, user="app"):
+    """Start `count` sessions that stay idle (psql waiting on stdin) with application_name `app`."""
+    if user == "app":
+        target = f"PGPASSWORD={PASSWORD} psql -X -h 127.0.0.1 -U app -d appdb"
+    else:
+        target = "runuser -u postgres -- psql -X -d postgres"
+    for _ in range(count):
+        node(name).check_output(f"PGAPPNAME={app} nohup sh -c 'sleep 900 | {target}' >/dev/null 2>&1 &")
+    for _ in range(50):
+        if sum(1 for s in client_backends(name) if s["app"] == app and s["state"] == "idle") == count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{count} idle sessions of {app} did not appear")
+
+
+def pids_of(name, app):
+    return sorted(s["pid"] for s in client_backends(name) if s["app"] == app)
+
+
+def settings(name):
+    rows = sql(name, "SELECT json_object_agg(name, json_build_object('setting', setting, 'unit', unit)) FROM pg_settings")
+    return json.loads(rows)
+
+
+def bytes_of(row):
+    return int(row["setting"]) * UNIT_BYTES[row["unit"]]
+
+
+@pytest.fixture(autouse=True)
+def end_test_sessions():
+    """End the sessions a test opened, so the next one has the primary's few slots (max_connections 18)."""
+    yield
+    sql(DB1, f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE '%-{RUN}'")
+
+
+@pytest.mark.parametrize("server", [DB1, DB2])
+def test_max_connections_covers_the_demand_and_fits_in_memory(server):
+    live = settings(server)
+    max_connections = int(live["max_connections"]["setting"])
+    assert max_connections >= expected_demand()[server] + int(live["superuser_reserved_connections"]["setting"])
+    # The README's memory bound, from the running values, against the container's limit.
+    worst = (
+        bytes_of(live["shared_buffers"]) + bytes_of(live["wal_buffers"])
+        + (max_connections + int(live["max_parallel_workers"]["setting"]))
+        * (CONNECTION_OVERHEAD + WEB_ALLOCATIONS * bytes_of(live["work_mem"]))
+        + bytes_of(live["maintenance_work_mem"])
+        + int(live["autovacuum_max_workers"]["setting"]) * bytes_of(live["autovacuum_work_mem"])
+    )
+    assert worst <= memory_limit(server)
+
+
+def test_the_standby_streams_and_runs_at_least_its_primarys_settings():
+    assert sql(DB2, "SELECT pg_is_in_recovery()") == "t"
+    assert sql(DB1, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1"
+    primary, standby = settings(DB1), settings(DB2)
+    for name in PARITY:
+        assert int(standby[name]["setting"]) >= int(primary[name]["setting"]), name
+    # Its own demand is smaller: only parity lifts it to the primary's max_connections.
+    assert expected_demand()[DB2] + 3 < int(standby["max_connections"]["setting"])
+    assert standby["max_connections"]["setting"] == primary["max_connections"]["setting"]
+
+
+@pytest.mark.parametrize(("pooler", "databases"), [(PGB1, {"appdb": DB1}), (PGB2, {"appdb": DB1, "reports": DB2})])
+def test_pgbouncer_runs_the_pools_the_budget_counted(pooler, databases):
+    out = node(pooler).check_output("/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s", "SHOW DATABASES")
+    live = {row["name"]: row for row in json.loads(out)["rows"]}
+    for database, server in databases.items():
+        assert int(live[database]["pool_size"]) == 2 * cpus(server) + 1, database
+
+
+@pytest.mark.parametrize(("pooler", "database", "in_recovery"), [(PGB1, "appdb", "f"), (PGB2, "reports", "t")])
+def test_applications_reach_the_right_server_through_pgbouncer(pooler, database, in_recovery):
+    out = node(pooler).check_output(
+        f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p 6432 -U app -d {database} -c 'SELECT pg_is_in_recovery()'"
+    )
+    assert out == in_recovery
+
+
+def test_plan_reports_the_numbers_from_the_fact_cache(tmp_path):
+    result = playbook("plan.yml", "-e", f"connection_budget_report_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    demand = expected_demand()
+    for server in (DB1, DB2):
+        planned = plan["servers"][server]
+        assert planned["demand"] == demand[server]
+        assert planned["resources"]["memory"] == memory_limit(server)
+        assert planned["resources"]["memory_source"] == "measured"
+        assert planned["max_connections"] == int(sql(server, "SHOW max_connections"))
+        assert planned["headroom"] == planned["ceiling"] - planned["max_connections"] >= 0
+    assert plan["servers"][DB2]["primary"] == DB1
+    markdown = (tmp_path / "plan.md").read_text()
+    assert f"| {DB1} |" in markdown and f"| {DB2} | {DB1} |" in markdown
+
+
+def test_capacity_counts_the_sessions_pg_stat_activity_shows(tmp_path):
+    for pooler, database in ((PGB1, "appdb"), (PGB2, "appdb"), (PGB2, "reports")):  # PgBouncer makes pools on use
+        node(pooler).check_output(f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p 6432 -U app -d {database} -c 'SELECT 1'")
+    open_idle_sessions(DB1, f"fleet-capacity-test-{RUN}", 4)
+    before = client_backends(DB1)
+    result = playbook("capacity.yml", "-e", f"connection_budget_report_dir={tmp_path}",
+                      "-e", '{"connection_budget_capacity_thresholds": {"slots_share": 0.8, '
+                      '"idle_in_transaction_seconds": 300, "idle_per_application": 4}}')
+    after = client_backends(DB1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(before) == len(after), "sessions changed during the run; counts are not comparable"
+    report = json.loads((tmp_path / "capacity.json").read_text())
+    db1 = report["servers"][DB1]
+    max_connections = int(sql(DB1, "SHOW max_connections"))
+    assert db1["used"] == len(before)
+    assert db1["free"] == max_connections - 3 - len(before)
+    assert db1["by_application"][f"fleet-capacity-test-{RUN}"] == 4
+    assert any(f"'fleet-capacity-test-{RUN}' holds 4 idle" in flag for flag in report["flags"])
+    assert report["servers"][DB2]["in_recovery"] is True
+    assert {pool["database"] for pool in report["poolers"][PGB1]["pools"]} == {"appdb"}
+    assert {pool["database"] for pool in report["poolers"][PGB2]["pools"]} == {"appdb", "reports"}
+    assert report["poolers"][PGB2]["clients_waiting"] == 0
+    assert (tmp_path / "capacity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"| {DB1} | no | {max_connections} |" in (tmp_path / "capacity.md").read_text()
+
+
+def test_terminate_idle_dry_run_ends_nothing_and_confirmed_ends_exactly_the_selected():
+    open_idle_sessions(DB1, f"fleet-idle-victim-{RUN}", 3)
+    open_idle_sessions(DB1, f"fleet-idle-bystander-{RUN}", 1)
+    open_idle_sessions(DB1, f"fleet-idle-victim-super-{RUN}", 1, user="postgres")
+    victims = pids_of(DB1, f"fleet-idle-victim-{RUN}")
+    applications = [f"fleet-idle-victim-{RUN}", f"fleet-idle-victim-super-{RUN}"]
+    selection = ["-l", DB1, "-e", json.dumps({"headroom_terminate_applications": applications,
+                                              "headroom_terminate_min_age": 0})]
+
+    dry = playbook("terminate-idle.yml", *selection)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"PIDs {json.dumps(victims)}" in dry.stdout.replace("\n", " ")
+    assert pids_of(DB1, f"fleet-idle-victim-{RUN}") == victims
+
+    bystander = pids_of(DB1, f"fleet-idle-bystander-{RUN}")
+    superuser = pids_of(DB1, f"fleet-idle-victim-super-{RUN}")
+    confirmed = playbook("terminate-idle.yml", *selection, "-e", "headroom_terminate_confirm=true")
+    assert confirmed.returncode == 0, confirmed.stdout + confirmed.stderr
+    assert "ended 3 session(s)" in confirmed.stdout.replace("\n", " ")
+    assert pids_of(DB1, f"fleet-idle-victim-{RUN}") == []
+    assert pids_of(DB1, f"fleet-idle-bystander-{RUN}") == bystander
+    assert pids_of(DB1, f"fleet-idle-victim-super-{RUN}") == superuser  # superusers are spared unless told
+
+
+MANAGED = {
+    DB1: ["/etc/postgresql/15/main/conf.d/50-headroom.conf"],
+    DB2: ["/etc/postgresql/15/main/conf.d/50-headroom.conf"],
+    PGB1: ["/etc/pgbouncer/pgbouncer.ini"],
+    PGB2: ["/etc/pgbouncer/pgbouncer.ini"],
+}
+
+
+def fingerprint():
+    state = {}
+    for name, paths in MANAGED.items():
+        for path in paths:
+            state[f"{name}:{path}"] = hashlib.sha256(node(name).file(path).content).hexdigest()
+    for name in (DB1, DB2):
+        state[f"{name}:start"] = sql(name, "SELECT pg_postmaster_start_time()")
+    return state
+
+
+def test_pools_over_a_servers_ceiling_fail_before_any_host_changes():
+    before = fingerprint()
+    result = playbook("site.yml", inventories=[Path(__file__).parents[1] / "inventory" / "over-budget"])
+    output = (result.stdout + result.stderr).replace("\n", " ")
+    assert result.returncode != 0
+    assert f"{DB1} is over its connection ceiling" in output
+    assert "pgbouncer headroom-fleet-pgb1 (1 process) -> appdb 40" in output
+    assert "smaller pools" in output and "transaction pooling" in output and "more memory" in output
+    assert "PostgreSQL servers" not in output  # the play that changes servers never started
+    assert fingerprint() == before

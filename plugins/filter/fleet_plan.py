@@ -1,0 +1,642 @@
+"""The fleet_plan filter: the whole fleet's connection budget and settings, from the inventory, in one call.
+
+It reads, per host, only the variables of the inventory model (see fleet_plan.yml), so a
+plan of thousands of hosts is one pass in Python instead of thousands of tasks. It adds
+nothing to the sizing rules: servers are sized by pg_tune and pg_max_connections,
+PgBouncer hosts by pgbouncer_tune, demand is pg_connection_budget's. What it adds:
+
+* where each PgBouncer database entry really goes (inventory hostname, its ansible_host,
+  or this host's own socket), so pools are counted against the right server;
+* which resources each host has, and where that came from (measured, inventory, facts);
+* standby parity: PostgreSQL refuses to run a hot standby whose max_connections,
+  max_worker_processes, max_wal_senders, max_prepared_transactions or
+  max_locks_per_transaction is below its primary's (facts.md), so a standby gets at
+  least its primary's values.
+"""
+
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.connection_budget import pg_connection_budget
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
+from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import as_count_or_names, as_int, as_size
+from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import max_connections_report, tune
+from ansible_collections.headroom.pg.plugins.module_utils.pg_units import MB
+
+#: Settings a hot standby must run at least at its primary's value, with PostgreSQL's
+#: defaults (13 to 18) for when neither pg_tune nor the overrides set them.
+PARITY_DEFAULTS = {
+    "max_connections": 100,
+    "max_worker_processes": 8,
+    "max_wal_senders": 10,
+    "max_prepared_transactions": 0,
+    "max_locks_per_transaction": 64,
+}
+
+#: PostgreSQL of each Debian release, for servers that have none installed yet.
+DEBIAN_POSTGRESQL = {"11": 11, "12": 15, "13": 17, "10": 9}
+
+#: How many contributors a failure message names.
+TOP_CONTRIBUTORS = 3
+
+#: The pgbouncer role's sizing inputs, with the pgbouncer_tune spec key each feeds;
+#: 0 means "let the engine choose", as in roles/pgbouncer/tasks/plan.yml.
+PGBOUNCER_OPTIONAL = {
+    "pgbouncer_server_connection_allowance": "server_connection_allowance",
+    "pgbouncer_server_cpus": "server_cpus",
+    "pgbouncer_processes": "processes",
+    "pgbouncer_expected_tps": "expected_tps",
+    "pgbouncer_default_pool_size": "default_pool_size",
+}
+PGBOUNCER_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "max_db_connections")
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+CLIENT_KEYS = ("name", "target", "connections", "instances", "hosts", "group")
+
+
+def _var(hostvars, host, name, defaults):
+    """A host's variable, else the role default; None when neither has it."""
+    variables = hostvars[host]
+    if name in variables and variables[name] is not None:
+        return variables[name]
+    return defaults.get(name)
+
+
+def _facts(hostvars, host):
+    facts = hostvars[host].get("ansible_facts")
+    return facts if isinstance(facts, Mapping) else {}
+
+
+def _fact_cpus(facts):
+    return facts.get("processor_nproc") or facts.get("processor_vcpus")
+
+
+def _fact_memory(facts):
+    return facts["memtotal_mb"] * MB if facts.get("memtotal_mb") else None
+
+
+def _server_resources(hostvars, host, defaults):
+    """Memory, CPUs and version of a database server, and where each came from.
+
+    connection_budget_resources (measured by site.yml's first play, cgroup limits included, kept in
+    the fact cache) wins; then the inventory's headroom_memory / headroom_cpus /
+    headroom_postgresql_version; then cached Ansible facts (no cgroup limits).
+    """
+    measured = _var(hostvars, host, "connection_budget_resources", {}) or {}
+    facts = _facts(hostvars, host)
+    memory_choices = (
+        ("measured", measured.get("memory")),
+        ("inventory", _var(hostvars, host, "headroom_memory", {})),
+        ("facts", _fact_memory(facts)),
+    )
+    cpu_choices = (
+        ("measured", measured.get("cpus")),
+        ("inventory", _var(hostvars, host, "headroom_cpus", {})),
+        ("facts", _fact_cpus(facts)),
+    )
+    release = str(facts.get("distribution_major_version", "")) if facts.get("distribution") == "Debian" else ""
+    installed = _var(hostvars, host, "postgresql_version", defaults)
+    version_choices = (
+        ("measured", measured.get("version")),
+        ("inventory", _var(hostvars, host, "headroom_postgresql_version", {})),
+        ("postgresql_version", installed if installed not in (None, "") else None),
+        ("distribution", DEBIAN_POSTGRESQL.get(release)),
+    )
+    resources = {}
+    for key, choices, hint in (
+        ("memory", memory_choices, "headroom_memory (such as '16GB')"),
+        ("cpus", cpu_choices, "headroom_cpus"),
+        ("version", version_choices, "headroom_postgresql_version (13 to 18)"),
+    ):
+        source, value = next(((source, value) for source, value in choices if value not in (None, "")), (None, None))
+        if source is None:
+            raise AnsibleFilterError(
+                f"server {host}: its {key} is unknown: no measurement (site.yml's first play, kept in the fact "
+                f"cache), no inventory variable {hint} and no cached facts; set {hint.split(' ')[0]} for {host} "
+                "or run site.yml once with fact caching on"
+            )
+        resources[key] = value
+        resources[f"{key}_source"] = source
+    resources["memory"] = as_size(resources["memory"], f"{host}: memory ({resources['memory_source']})", minimum=1)
+    resources["cpus"] = as_int(resources["cpus"], f"{host}: cpus ({resources['cpus_source']})", minimum=1)
+    resources["version"] = as_int(resources["version"], f"{host}: version ({resources['version_source']})")
+    resources["clusters"] = as_int(measured.get("clusters", 1), f"{host}: connection_budget_resources.clusters", minimum=1)
+    return resources
+
+
+def _server_spec(hostvars, host, resources, defaults):
+    """The pg_tune spec postgresql_tuning would build on the host (tasks/compute.yml), minus the demand."""
+    wanted = _var(hostvars, host, "postgresql_tuning_clusters", defaults) or []
+    clusters = len(wanted) if wanted else resources["clusters"]
+    fraction = float(_var(hostvars, host, "postgresql_tuning_memory_fraction", defaults) or 1.0)
+    spec = {
+        "memory": resources["memory"],
+        "cpus": resources["cpus"],
+        "version": resources["version"],
+        "profile": _var(hostvars, host, "postgresql_tuning_profile", defaults),
+        "storage": _var(hostvars, host, "postgresql_tuning_storage", defaults),
+        "memory_fraction": fraction / clusters,
+        "reserved_memory": _var(hostvars, host, "postgresql_tuning_reserved_memory", defaults),
+        "overrides": dict(_var(hostvars, host, "postgresql_tuning_overrides", defaults) or {}),
+    }
+    return {key: value for key, value in spec.items() if value is not None}
+
+
+def _resolve_target(entry, pooler, servers, addresses, what):
+    """The server an entry of pgbouncer_databases points at, as an inventory hostname."""
+    host = entry.get("host", pooler)
+    if host in servers:
+        return host
+    if isinstance(host, str) and (host.startswith("/") or host in LOCAL_HOSTS):
+        if pooler in servers:
+            return pooler
+        raise AnsibleFilterError(
+            f"{what} reaches a server on {pooler} itself ({host!r}), but {pooler} is not in group postgresql; "
+            "add it there so its pools are counted against it"
+        )
+    if host in addresses:
+        return addresses[host]
+    raise AnsibleFilterError(
+        f"{what} has host {host!r}, which is neither a host of group postgresql ({', '.join(sorted(servers)) or 'none'}) "
+        "nor the ansible_host of one; the budget cannot count its pools against a server it does not know. "
+        "Add the server to group postgresql"
+    )
+
+
+def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults):
+    """pgbouncer_tune for one PgBouncer host, as roles/pgbouncer/tasks/plan.yml calls it, with targets."""
+    databases = _var(hostvars, pooler, "pgbouncer_databases", defaults) or []
+    if not isinstance(databases, list) or not databases:
+        raise AnsibleFilterError(
+            f"pgbouncer host {pooler}: pgbouncer_databases must be a non-empty list of databases, got {databases!r}"
+        )
+    targets = []
+    entries = []
+    for index, entry in enumerate(databases):
+        what = f"pgbouncer host {pooler}: pgbouncer_databases[{index}]"
+        if not isinstance(entry, Mapping) or not entry.get("name"):
+            raise AnsibleFilterError(f"{what} must be a mapping with a name, got {entry!r}")
+        targets.append(_resolve_target(entry, pooler, servers, addresses, f"{what} ({entry['name']})"))
+        entries.append({key: entry[key] for key in PGBOUNCER_DATABASE_KEYS if key in entry})
+    facts = _facts(hostvars, pooler)
+    measured = _var(hostvars, pooler, "connection_budget_resources", {}) or {}
+    cpus = _fact_cpus(facts) or _var(hostvars, pooler, "headroom_cpus", {}) or measured.get("cpus")
+    memory = _fact_memory(facts) or _var(hostvars, pooler, "headroom_memory", {}) or measured.get("memory")
+    if cpus is None:
+        raise AnsibleFilterError(
+            f"pgbouncer host {pooler}: its CPUs are unknown (no cached facts); set headroom_cpus for it or run "
+            "site.yml once with fact caching on"
+        )
+    spec = {
+        "cpus": cpus,
+        "max_client_conn": _var(hostvars, pooler, "pgbouncer_max_client_conn", defaults),
+        "pool_mode": _var(hostvars, pooler, "pgbouncer_pool_mode", defaults),
+        "reserve_pool_size": _var(hostvars, pooler, "pgbouncer_reserve_pool_size", defaults),
+        "databases": entries,
+    }
+    if memory is not None:
+        spec["memory"] = memory
+    for variable, key in PGBOUNCER_OPTIONAL.items():
+        value = _var(hostvars, pooler, variable, defaults)
+        if value not in (None, 0, "0"):
+            spec[key] = value
+    # The pool rule of thumb needs the server's cores: the smallest server behind this host.
+    server_cpus = spec.get("server_cpus") or min(server_cpus_of[target] for target in targets)
+    spec["server_cpus"] = server_cpus
+    spec = {key: value for key, value in spec.items() if value is not None}
+    try:
+        sized = pgbouncer_tune(spec)
+    except AnsibleFilterError as err:
+        raise AnsibleFilterError(f"pgbouncer host {pooler} (pgbouncer_* variables)") from err
+    for database, target in zip(sized["databases"], targets, strict=True):
+        database["target"] = target
+    return {
+        "sizing": sized,
+        "server_cpus": as_int(server_cpus, f"pgbouncer host {pooler}: pgbouncer_server_cpus", minimum=1),
+        "server_connection_allowance": sized["server_connections"],
+        "targets": sorted(set(targets)),
+    }
+
+
+def _direct_clients(direct_clients, groups, servers):
+    """headroom_direct_clients in pg_connection_budget's shape: a group becomes its hosts."""
+    if direct_clients is None:
+        return []
+    if not isinstance(direct_clients, list):
+        raise AnsibleFilterError(f"headroom_direct_clients must be a list of clients, got {direct_clients!r}")
+    clients = []
+    for index, client in enumerate(direct_clients):
+        what = f"headroom_direct_clients[{index}]"
+        if not isinstance(client, Mapping):
+            raise AnsibleFilterError(f"{what} must be a mapping, got {client!r}")
+        unknown = sorted(str(key) for key in client if key not in CLIENT_KEYS)
+        if unknown:
+            raise AnsibleFilterError(
+                f"{what} has unknown key(s) {', '.join(unknown)}; allowed are {', '.join(CLIENT_KEYS)}"
+            )
+        missing = [key for key in ("name", "target", "connections") if client.get(key) in (None, "")]
+        if missing:
+            raise AnsibleFilterError(f"{what} needs {', '.join(missing)}, got {dict(client)!r}")
+        if len([key for key in ("instances", "hosts", "group") if key in client]) > 1:
+            raise AnsibleFilterError(f"{what} ({client['name']}) gives more than one of instances, hosts and group")
+        if client["target"] not in servers:
+            raise AnsibleFilterError(
+                f"{what} ({client['name']}) targets {client['target']!r}, which is not a host of group postgresql "
+                f"({', '.join(sorted(servers)) or 'none'})"
+            )
+        entry = {key: client[key] for key in ("name", "target", "connections", "instances", "hosts") if key in client}
+        if "group" in client:
+            members = groups.get(client["group"])
+            if not members:
+                raise AnsibleFilterError(
+                    f"{what} ({client['name']}) names group {client['group']!r}, which the inventory does not have "
+                    "or which has no hosts"
+                )
+            entry["hosts"] = list(members)
+        clients.append(entry)
+    return clients
+
+
+def _primaries(hostvars, servers):
+    """Each server's primary (None for a primary), checked: a known server, no cycle."""
+    primary_of = {}
+    for host in servers:
+        primary = hostvars[host].get("postgresql_primary")
+        if primary in (None, ""):
+            primary_of[host] = None
+            continue
+        if primary not in servers or primary == host:
+            raise AnsibleFilterError(
+                f"server {host}: postgresql_primary {primary!r} must be another host of group postgresql "
+                f"({', '.join(sorted(s for s in servers if s != host)) or 'none'})"
+            )
+        primary_of[host] = primary
+    for host in servers:
+        seen, current = [host], primary_of[host]
+        while current is not None:
+            if current in seen:
+                raise AnsibleFilterError(f"postgresql_primary forms a cycle: {' -> '.join([*seen, current])}")
+            seen.append(current)
+            current = primary_of[current]
+    return primary_of
+
+
+def _order(primary_of):
+    """Servers with every primary before its standbys."""
+    depth = {}
+
+    def level(host):
+        if host not in depth:
+            depth[host] = 0 if primary_of[host] is None else level(primary_of[host]) + 1
+        return depth[host]
+
+    return sorted(primary_of, key=lambda host: (level(host), host))
+
+
+def _parity_value(settings, name):
+    return int(settings.get(name, PARITY_DEFAULTS[name]))
+
+
+def _over_message(host, server, budget, resources, engine_error):
+    top = "; ".join(
+        f"{item['name']} {item['connections']}" for item in budget["contributors"][:TOP_CONTRIBUTORS]
+    ) or "none"
+    return (
+        f"{host} is over its connection ceiling: the fleet may open {budget['demand']} connections "
+        f"(+ {budget['required_max_connections'] - budget['demand']} reserved = {budget['required_max_connections']}) "
+        f"but its {resources['memory'] // MB}MB of memory ({resources['memory_source']}) allow at most "
+        f"{budget['ceiling']}. Top contributors: {top}. Fix: smaller pools (pool_size or "
+        "pgbouncer_default_pool_size on the PgBouncer hosts, fewer processes), transaction pooling "
+        "(pgbouncer_pool_mode: transaction) or PgBouncer in front of direct clients, or more memory. "
+        f"Engine: {engine_error}"
+    )
+
+
+def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
+    """Per server: resources, demand and its contributors, ceiling, headroom, settings; per PgBouncer host its sizing.
+
+    Nothing raises for a server over its ceiling: it gets verdict 'over' and a problem
+    sentence, and ``problems`` lists them, so a caller can report before it fails.
+    Bad input (unknown targets, missing resources, a primary that is no server) raises.
+    """
+    defaults = defaults or {}
+    servers = list(groups.get("postgresql") or [])
+    poolers = list(groups.get("pgbouncer") or [])
+    if not servers:
+        raise AnsibleFilterError("the inventory has no hosts in group postgresql; there is nothing to plan")
+    # Ansible's hostvars builds a host's variables on every lookup: take each host once.
+    hostvars = {host: hostvars[host] for host in dict.fromkeys(servers + poolers)}
+    primary_of = _primaries(hostvars, servers)
+    resources = {host: _server_resources(hostvars, host, defaults) for host in servers}
+    specs = {host: _server_spec(hostvars, host, resources[host], defaults) for host in servers}
+    addresses = {}
+    for host in servers:
+        address = hostvars[host].get("ansible_host")
+        if address:
+            addresses.setdefault(address, host)
+    server_cpus_of = {host: resources[host]["cpus"] for host in servers}
+    pooler_plans = {
+        host: _pooler(hostvars, host, set(servers), addresses, server_cpus_of, defaults) for host in poolers
+    }
+    try:
+        budget = pg_connection_budget(
+            {host: {"spec": specs[host]} for host in servers},
+            [plan["sizing"] | {"host": host} for host, plan in pooler_plans.items()],
+            _direct_clients(direct_clients, groups, set(servers)),
+        )
+    except AnsibleFilterError as err:
+        raise AnsibleFilterError("connection budget") from err
+
+    standbys = {host: [] for host in servers}
+    for host in sorted(servers):
+        if primary_of[host] is not None:
+            standbys[primary_of[host]].append(host)
+    planned = {}
+    problems = []
+    for host in _order(primary_of):
+        fixed = _var(hostvars, host, "postgresql_tuning_max_connections", defaults)
+        spec = specs[host] | {"connection_demand": budget[host]["demand"]}
+        if fixed is not None:
+            spec["max_connections"] = fixed
+        entry = {
+            "resources": resources[host],
+            "primary": primary_of[host],
+            "standbys": standbys[host],
+            "spec": spec,
+            "parity": [],
+            "parity_overrides": {},
+            "settings": None,
+            "max_connections": None,
+            "tuning_max_connections": None,
+            "tuning_overrides": spec["overrides"],
+            "problem": None,
+        } | budget[host]
+        planned[host] = entry
+        primary = planned.get(primary_of[host]) if primary_of[host] else None
+        if primary is not None and primary["settings"] is None:
+            entry["problem"] = f"{host}: its primary {primary_of[host]} has no plan, so parity cannot be checked"
+            problems.append(entry["problem"])
+            continue
+        try:
+            settings = tune(spec)
+            if primary is not None:
+                settings = _apply_parity(host, entry, spec, settings, primary)
+        except AnsibleFilterError as err:
+            if budget[host]["verdict"] == "over":
+                entry["problem"] = _over_message(host, spec, budget[host], resources[host], err.message)
+            else:
+                entry["problem"] = f"{host}: {err.message}"
+            problems.append(entry["problem"])
+            continue
+        entry["settings"] = settings
+        entry["max_connections"] = settings["max_connections"]
+        entry["tuning_max_connections"] = spec.get("max_connections")
+        entry["tuning_overrides"] = spec["overrides"]
+        if entry["parity_overrides"]:  # pinned worker counts may move the ceiling
+            entry["ceiling"] = max_connections_report(spec)["ceiling"]
+        entry["headroom"] = entry["ceiling"] - settings["max_connections"]
+    for host in servers:
+        planned[host].pop("spec")
+    return {
+        "servers": {host: planned[host] for host in servers},
+        "poolers": pooler_plans,
+        "problems": problems,
+        "ok": not problems,
+    }
+
+
+def _apply_parity(host, entry, spec, settings, primary):
+    """Raise the standby's parity settings to its primary's; recompute with them."""
+    raised = {}
+    for name in PARITY_DEFAULTS:
+        theirs, ours = _parity_value(primary["settings"], name), _parity_value(settings, name)
+        if theirs > ours:
+            raised[name] = theirs
+            entry["parity"].append({"setting": name, "primary": theirs, "own": ours, "raised_to": theirs})
+    if not raised:
+        return settings
+    if "max_connections" in raised:
+        spec["max_connections"] = raised.pop("max_connections")
+    spec["overrides"] = spec["overrides"] | raised
+    entry["parity_overrides"] = raised
+    try:
+        return tune(spec)
+    except AnsibleFilterError as err:
+        needs = ", ".join(f"{item['setting']} {item['primary']}" for item in entry["parity"])
+        raise AnsibleFilterError(
+            f"standby parity: {host} must run at least its primary {entry['primary']}'s "
+            f"{needs} (PostgreSQL refuses to run a standby below them): give {host} as much memory as "
+            f"{entry['primary']}, or lower the primary's demand"
+        ) from err
+
+
+
+
+def _count_by(sessions, key):
+    counts = {}
+    for session in sessions:
+        name = session.get(key)
+        name = "" if name is None else str(name)
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _oldest(sessions, states):
+    picked = [s for s in sessions if s.get("state") in states]
+    return max(picked, key=lambda s: s.get("state_seconds") or 0) if picked else None
+
+
+def _server_capacity(name, probe, thresholds):
+    sessions = probe["sessions"]
+    max_connections = int(probe["max_connections"])
+    reserved = int(probe["superuser_reserved_connections"]) + int(probe.get("reserved_connections") or 0)
+    ordinary = max_connections - reserved
+    used = len(sessions)
+    idle = [s for s in sessions if s.get("state") == "idle"]
+    report = {
+        "max_connections": max_connections,
+        "reserved": reserved,
+        "used": used,
+        "free": ordinary - used,
+        "used_share": round(used / ordinary, 4) if ordinary > 0 else 1.0,
+        "in_recovery": bool(probe.get("in_recovery")),
+        "by_state": _count_by(sessions, "state"),
+        "by_database": _count_by(sessions, "datname"),
+        "by_user": _count_by(sessions, "usename"),
+        "by_application": _count_by(sessions, "application_name"),
+        "by_client": _count_by(sessions, "client_addr"),
+        "oldest_idle": _oldest(sessions, ("idle",)),
+        "oldest_idle_in_transaction": _oldest(
+            sessions, ("idle in transaction", "idle in transaction (aborted)")
+        ),
+        "flags": [],
+    }
+    if report["used_share"] >= thresholds["slots_share"]:
+        report["flags"].append(
+            f"{name} uses {used} of its {ordinary} ordinary slots ({report['used_share']:.0%}), at or above "
+            f"{thresholds['slots_share']:.0%}"
+        )
+    for session in sessions:
+        if session.get("state", "").startswith("idle in transaction") and (
+            session.get("state_seconds") or 0
+        ) >= thresholds["idle_in_transaction_seconds"]:
+            report["flags"].append(
+                f"{name}: pid {session['pid']} ({session.get('usename')}@{session.get('datname')}, application "
+                f"{session.get('application_name')!r}) is idle in transaction for {session.get('state_seconds')}s"
+            )
+    for application, count in _count_by(idle, "application_name").items():
+        if count >= thresholds["idle_per_application"]:
+            report["flags"].append(
+                f"{name}: application {application!r} holds {count} idle connections (a pool too large or a leak)"
+            )
+    return report
+
+
+def _pooler_capacity(name, probes):
+    pools, waiting, max_wait = [], 0, 0.0
+    for probe in probes:
+        for row in probe.get("pools") or []:
+            if row.get("database") == "pgbouncer":
+                continue
+            wait = float(row.get("maxwait") or 0) + float(row.get("maxwait_us") or 0) / 1e6
+            pools.append(
+                {
+                    "unit": probe["unit"],
+                    "database": row.get("database"),
+                    "user": row.get("user"),
+                    "clients_active": int(row.get("cl_active") or 0),
+                    "clients_waiting": int(row.get("cl_waiting") or 0),
+                    "servers_active": int(row.get("sv_active") or 0),
+                    "servers_idle": int(row.get("sv_idle") or 0),
+                    "servers_used": int(row.get("sv_used") or 0),
+                    "max_wait_seconds": round(wait, 6),
+                    "pool_mode": row.get("pool_mode"),
+                }
+            )
+            waiting += int(row.get("cl_waiting") or 0)
+            max_wait = max(max_wait, wait)
+    stats = [
+        {"unit": probe["unit"]} | dict(row)
+        for probe in probes
+        for row in probe.get("stats") or []
+        if row.get("database") != "pgbouncer"
+    ]
+    flags = [f"{name}: {waiting} client(s) wait for a server connection (max wait {max_wait:.3f}s)"] if waiting else []
+    return {"pools": pools, "stats": stats, "clients_waiting": waiting, "max_wait_seconds": round(max_wait, 6), "flags": flags}
+
+
+def fleet_capacity(server_probes, pooler_probes=None, thresholds=None):
+    """Used and free slots per server and waiting clients per PgBouncer host, with flags.
+
+    server_probes: per server, the probe capacity.yml runs (max_connections, reserved slots,
+    in_recovery, and every client backend but the probe's own with pid, datname, usename,
+    application_name, client_addr, state, state_seconds). Free slots are max_connections
+    minus superuser_reserved_connections and reserved_connections minus the sessions.
+    pooler_probes: per PgBouncer host, a list of {unit, pools: SHOW POOLS rows, stats:
+    SHOW STATS rows}.
+    """
+    limits = {"slots_share": 0.8, "idle_in_transaction_seconds": 300, "idle_per_application": 10} | dict(
+        thresholds or {}
+    )
+    servers = {name: _server_capacity(name, probe, limits) for name, probe in sorted(server_probes.items())}
+    poolers = {name: _pooler_capacity(name, probes) for name, probes in sorted((pooler_probes or {}).items())}
+    flags = [flag for report in [*servers.values(), *poolers.values()] for flag in report["flags"]]
+    return {"thresholds": limits, "servers": servers, "poolers": poolers, "flags": flags}
+
+
+
+def _size(size_bytes):
+    return f"{size_bytes // MB}MB" if size_bytes % (1024 * MB) else f"{size_bytes // (1024 * MB)}GB"
+
+
+def fleet_plan_lines(plan):
+    """One line per server of a fleet_plan result, for the console."""
+    lines = []
+    for name, server in plan["servers"].items():
+        resources = server["resources"]
+        standby = f" (standby of {server['primary']})" if server["primary"] else ""
+        contributors = ", ".join(f"{item['name']} {item['connections']}" for item in server["contributors"])
+        head = (
+            f"{name}{standby}: {_size(resources['memory'])} ({resources['memory_source']}), {resources['cpus']} CPUs, "
+            f"PostgreSQL {resources['version']}; demand {server['demand']} ({contributors or 'none'})"
+        )
+        if server["settings"]:
+            settings = server["settings"]
+            lines.append(
+                f"{head}; max_connections {server['max_connections']}, ceiling {server['ceiling']}, headroom "
+                f"{server['headroom']}, shared_buffers {settings['shared_buffers']}, work_mem {settings['work_mem']}"
+            )
+        else:
+            lines.append(f"{head}; PROBLEM: {server['problem']}")
+    return lines
+
+
+def fleet_plan_markdown(plan):
+    """A fleet_plan result as the Markdown of reports/plan.md."""
+    servers, poolers = plan["servers"], plan["poolers"]
+    out = ["# Fleet plan", "", f"{len(servers)} PostgreSQL server(s), {len(poolers)} PgBouncer host(s).", ""]
+    if plan["problems"]:
+        out += [f"**{len(plan['problems'])} problem(s): no host may be changed until they are fixed.**", ""]
+        out += [f"- {problem}" for problem in plan["problems"]] + [""]
+    else:
+        out += ["Every server's demand fits its memory ceiling.", ""]
+    out += [
+        "## Servers",
+        "",
+        "| server | primary | memory (source) | CPUs | version | demand | max_connections | ceiling | headroom | "
+        "verdict | shared_buffers | work_mem | effective_cache_size |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in servers.items():
+        r, settings = s["resources"], s["settings"] or {}
+        cells = [
+            name, s["primary"] or "", f"{_size(r['memory'])} ({r['memory_source']})", r["cpus"], r["version"],
+            s["demand"], "" if s["max_connections"] is None else s["max_connections"], s["ceiling"], s["headroom"],
+            s["verdict"] if settings else "problem", settings.get("shared_buffers", ""), settings.get("work_mem", ""),
+            settings.get("effective_cache_size", ""),
+        ]
+        out.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    out += ["", "## Demand by contributor", ""]
+    for name, s in servers.items():
+        if not s["contributors"] and not s["parity"]:
+            continue
+        out += [f"### {name}", ""]
+        out += [f"- {c['name']} ({c['kind']}): {c['connections']}" for c in s["contributors"]]
+        out.append(
+            f"- reserved: superuser_reserved_connections {s['superuser_reserved_connections']}, "
+            f"reserved_connections {s['reserved_connections']}"
+        )
+        out += [
+            f"- standby parity: {p['setting']} raised from {p['own']} to {p['raised_to']} (primary {s['primary']})"
+            for p in s["parity"]
+        ]
+        out.append("")
+    out += [
+        "## PgBouncer hosts",
+        "",
+        "| host | processes | pool_mode | default_pool_size | server connections (allowance) | servers |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, p in poolers.items():
+        sizing = p["sizing"]
+        out.append(
+            f"| {name} | {sizing['processes']} | {sizing['pool_mode']} | {sizing['default_pool_size']} | "
+            f"{p['server_connection_allowance']} | {', '.join(p['targets'])} |"
+        )
+    out += ["", "## Computed settings", ""]
+    for name, s in servers.items():
+        if s["settings"]:
+            out += [f"### {name}", "", "| setting | value |", "| --- | --- |"]
+            out += [f"| {key} | {value} |" for key, value in s["settings"].items()] + [""]
+    return "\n".join(out) + "\n"
+
+
+class FilterModule:
+    """Fleet plan and capacity filters."""
+
+    def filters(self):
+        return {
+            "fleet_plan": fleet_plan,
+            "fleet_plan_lines": fleet_plan_lines,
+            "fleet_plan_markdown": fleet_plan_markdown,
+            "fleet_capacity": fleet_capacity,
+        }

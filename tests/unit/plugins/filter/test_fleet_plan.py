@@ -1,0 +1,323 @@
+"""fleet_plan: the fleet's budget, resources and standby parity, from inventory variables."""
+
+import time
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
+    FilterModule,
+    fleet_capacity,
+    fleet_plan,
+    fleet_plan_lines,
+    fleet_plan_markdown,
+)
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
+from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import max_connections_report, tune
+
+# The role defaults fleet_plan falls back to, as roles/*/defaults/main.yml give them.
+DEFAULTS = {
+    "postgresql_tuning_profile": "mixed",
+    "postgresql_tuning_storage": "ssd",
+    "postgresql_tuning_memory_fraction": 1.0,
+    "postgresql_tuning_reserved_memory": 0,
+    "postgresql_tuning_overrides": {},
+    "postgresql_tuning_max_connections": None,
+    "postgresql_tuning_clusters": [],
+    "postgresql_version": "",
+    "pgbouncer_databases": [],
+    "pgbouncer_pool_mode": "transaction",
+    "pgbouncer_max_client_conn": 1000,
+    "pgbouncer_server_connection_allowance": 0,
+    "pgbouncer_server_cpus": 0,
+    "pgbouncer_default_pool_size": 0,
+    "pgbouncer_reserve_pool_size": 0,
+    "pgbouncer_processes": 0,
+    "pgbouncer_expected_tps": 0,
+}
+
+
+def server(memory="4GB", cpus=2, version=15, **extra):
+    return {"headroom_memory": memory, "headroom_cpus": cpus, "headroom_postgresql_version": version, **extra}
+
+
+def bouncer(*databases, cpus=2, **extra):
+    return {"headroom_cpus": cpus, "headroom_memory": "1GB", "pgbouncer_databases": list(databases), **extra}
+
+
+def plan(hostvars, clients=None, groups=None):
+    groups = groups or {
+        "postgresql": [h for h, v in hostvars.items() if "headroom_postgresql_version" in v or "connection_budget_resources" in v],
+        "pgbouncer": [h for h, v in hostvars.items() if "pgbouncer_databases" in v],
+    }
+    return fleet_plan(hostvars, groups, clients, DEFAULTS)
+
+
+def test_the_plugin_registers_fleet_plan():
+    assert set(FilterModule().filters()) == {"fleet_plan", "fleet_plan_lines", "fleet_plan_markdown", "fleet_capacity"}
+
+
+def test_demand_adds_up_pools_of_every_pgbouncer_host_and_direct_clients():
+    result = plan(
+        {
+            "db1": server(),
+            "app1": bouncer({"name": "app", "host": "db1", "users": ["a", "b"], "pool_size": 4}),
+            "app2": bouncer({"name": "app", "host": "db1", "users": 1, "pool_size": 6}, pgbouncer_processes=2),
+            "web1": {},
+            "web2": {},
+        },
+        clients=[
+            {"name": "monitoring", "target": "db1", "connections": 5},
+            {"name": "web pool", "target": "db1", "connections": 10, "group": "web"},
+        ],
+        groups={"postgresql": ["db1"], "pgbouncer": ["app1", "app2"], "web": ["web1", "web2"]},
+    )
+    db1 = result["servers"]["db1"]
+    assert db1["demand"] == 2 * 4 + 2 * 6 + 5 + 2 * 10
+    assert db1["max_connections"] == db1["demand"] + 3
+    assert db1["settings"] == tune({"memory": "4GB", "cpus": 2, "version": 15, "connection_demand": db1["demand"]})
+    assert result["ok"] and result["problems"] == []
+
+
+def test_a_pgbouncer_without_pool_sizes_gets_the_rule_of_thumb_from_its_server_cpus():
+    result = plan({"db1": server(cpus=4), "app1": bouncer({"name": "app", "host": "db1", "users": 1})})
+    assert result["poolers"]["app1"]["server_cpus"] == 4
+    assert result["poolers"]["app1"]["sizing"]["databases"][0]["pool_size"] == 4 * 2 + 1
+    assert result["servers"]["db1"]["demand"] == 9
+
+
+def test_the_allowance_given_to_a_pgbouncer_host_reproduces_its_pools():
+    result = plan(
+        {"db1": server(), "app1": bouncer({"name": "app", "host": "db1", "users": 3}, pgbouncer_reserve_pool_size=2)}
+    )
+    pooler = result["poolers"]["app1"]
+    again = pgbouncer_tune(
+        {
+            "cpus": 2,
+            "server_cpus": pooler["server_cpus"],
+            "reserve_pool_size": 2,
+            "server_connection_allowance": pooler["server_connection_allowance"],
+            "databases": [{"name": "app", "users": 3}],
+        }
+    )
+    assert again["server_connections"] == pooler["server_connection_allowance"] == 3 * (5 + 2)
+    assert again["databases"][0]["pool_size"] == pooler["sizing"]["databases"][0]["pool_size"]
+
+
+@pytest.mark.parametrize(
+    ("sentence", "host", "expected_target"),
+    [
+        ("an inventory hostname is that server", "db2", "db2"),
+        ("an address that is a server's ansible_host is that server", "10.0.0.2", "db2"),
+        ("a socket directory is the PgBouncer host's own server", "/var/run/postgresql", "db1"),
+        ("no host at all is the PgBouncer host's own server", None, "db1"),
+    ],
+)
+def test_targets_resolve_to_inventory_servers(sentence, host, expected_target):
+    database = {"name": "app", "users": 1, "pool_size": 7} | ({"host": host} if host else {})
+    result = plan(
+        {
+            "db1": server(pgbouncer_databases=[database]),
+            "db2": server(ansible_host="10.0.0.2"),
+        },
+        groups={"postgresql": ["db1", "db2"], "pgbouncer": ["db1"]},
+    )
+    assert result["servers"][expected_target]["demand"] == 7, sentence
+
+
+def test_an_unknown_target_fails_naming_the_host_the_entry_and_the_servers():
+    with pytest.raises(AnsibleFilterError, match=r"app1: pgbouncer_databases\[0\] \(app\) has host 'db9'.*db1"):
+        plan({"db1": server(), "app1": bouncer({"name": "app", "host": "db9", "users": 1})})
+
+
+def test_a_direct_client_on_an_unknown_server_fails_naming_the_variable():
+    with pytest.raises(AnsibleFilterError, match=r"headroom_direct_clients\[0\] \(cron\) targets 'db9'"):
+        plan({"db1": server()}, clients=[{"name": "cron", "target": "db9", "connections": 2}])
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [
+        ({"name": "x", "target": "db1", "connections": 2, "size": 3}, "unknown key"),
+        ({"name": "x", "target": "db1"}, "needs connections"),
+        ({"name": "x", "target": "db1", "connections": 2, "group": "nope"}, "group 'nope'"),
+        ({"name": "x", "target": "db1", "connections": 2, "instances": 2, "hosts": ["a"]}, "more than one"),
+        ({"name": "x", "target": "db1", "connections": -1}, "at least 0"),
+    ],
+)
+def test_bad_direct_clients_fail_with_what_is_allowed(client, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        plan({"db1": server()}, clients=[client])
+
+
+def test_a_server_without_known_memory_fails_naming_the_variable_to_set():
+    with pytest.raises(AnsibleFilterError, match=r"server db1: its memory is unknown.*headroom_memory"):
+        plan({"db1": {"headroom_cpus": 2, "headroom_postgresql_version": 15}}, groups={"postgresql": ["db1"]})
+
+
+def test_measured_resources_win_over_inventory_and_facts_over_nothing():
+    result = plan(
+        {
+            "db1": server(memory="64GB", connection_budget_resources={"memory": 2 * 1024**3, "cpus": 2, "version": 15}),
+            "db2": {"ansible_facts": {"memtotal_mb": 8192, "processor_nproc": 4, "distribution": "Debian",
+                                      "distribution_major_version": "13"}},
+        },
+        groups={"postgresql": ["db1", "db2"]},
+    )
+    db1, db2 = result["servers"]["db1"]["resources"], result["servers"]["db2"]["resources"]
+    assert (db1["memory"], db1["memory_source"]) == (2 * 1024**3, "measured")
+    assert (db2["memory"], db2["cpus"], db2["version"]) == (8 * 1024**3, 4, 17)
+    assert (db2["memory_source"], db2["version_source"]) == ("facts", "distribution")
+
+
+def test_a_server_over_its_ceiling_is_a_problem_naming_demand_ceiling_contributors_and_fixes():
+    ceiling = max_connections_report({"memory": "1GB", "cpus": 1, "version": 15})["ceiling"]
+    result = plan(
+        {
+            "db1": server(memory="1GB", cpus=1),
+            "app1": bouncer({"name": "app", "host": "db1", "users": 4, "pool_size": 20}),
+        },
+        clients=[{"name": "backup", "target": "db1", "connections": 2}],
+    )
+    db1 = result["servers"]["db1"]
+    assert not result["ok"]
+    assert db1["verdict"] == "over" and db1["settings"] is None
+    (problem,) = result["problems"]
+    assert f"may open 82 connections (+ 3 reserved = 85)" in problem
+    assert f"allow at most {ceiling}" in problem
+    assert "pgbouncer app1 (1 process) -> app 80; backup 2" in problem
+    assert "smaller pools" in problem and "transaction pooling" in problem and "more memory" in problem
+
+
+def test_a_standby_runs_at_least_its_primarys_parity_settings():
+    result = plan(
+        {
+            "db1": server(memory="4GB", cpus=4, postgresql_tuning_overrides={"max_locks_per_transaction": 128}),
+            "db2": server(memory="2GB", cpus=2, postgresql_primary="db1"),
+            "app1": bouncer({"name": "app", "host": "db1", "users": 2, "pool_size": 10}),
+        }
+    )
+    primary, standby = result["servers"]["db1"], result["servers"]["db2"]
+    assert primary["max_connections"] == 23 and standby["demand"] == 0
+    assert standby["max_connections"] == 23
+    assert standby["tuning_max_connections"] == 23
+    assert standby["parity_overrides"] == {"max_locks_per_transaction": 128}
+    assert standby["settings"]["max_locks_per_transaction"] == 128
+    assert {p["setting"] for p in standby["parity"]} == {"max_connections", "max_locks_per_transaction"}
+    assert primary["standbys"] == ["db2"]
+
+
+def test_a_standby_with_higher_values_keeps_them():
+    result = plan({"db1": server(), "db2": server(cpus=16, postgresql_primary="db1")})
+    assert result["servers"]["db2"]["parity"] == []
+    assert result["servers"]["db2"]["settings"]["max_worker_processes"] == 16
+
+
+def test_a_standby_too_small_for_its_primarys_max_connections_is_a_problem():
+    result = plan(
+        {
+            "db1": server(memory="16GB"),
+            "db2": server(memory="1GB", postgresql_primary="db1"),
+            "app1": bouncer({"name": "app", "host": "db1", "users": 10, "pool_size": 20}),
+        }
+    )
+    assert result["servers"]["db1"]["settings"]["max_connections"] == 203
+    (problem,) = result["problems"]
+    assert "standby parity: db2 must run at least its primary db1's max_connections 203" in problem
+
+
+@pytest.mark.parametrize(
+    ("primaries", "message"),
+    [
+        ({"db1": "db9"}, r"server db1: postgresql_primary 'db9' must be another host of group postgresql"),
+        ({"db1": "db1"}, r"must be another host"),
+        ({"db1": "db2", "db2": "db1"}, r"cycle: db1 -> db2 -> db1"),
+    ],
+)
+def test_bad_primaries_fail(primaries, message):
+    hostvars = {name: server(postgresql_primary=primaries.get(name)) for name in ("db1", "db2")}
+    with pytest.raises(AnsibleFilterError, match=message):
+        plan(hostvars)
+
+
+def test_a_cascading_standby_follows_its_upstream_standby():
+    result = plan(
+        {
+            "db1": server(cpus=12),
+            "db2": server(postgresql_primary="db1"),
+            "db3": server(postgresql_primary="db2"),
+        }
+    )
+    assert result["servers"]["db3"]["settings"]["max_worker_processes"] == 12
+
+
+def test_ten_thousand_servers_plan_in_seconds():
+    hostvars = {f"db{i}": server(memory=f"{4 + i % 4}GB") for i in range(8000)}
+    hostvars |= {
+        f"app{i}": bouncer(*({"name": f"app{k}", "host": f"db{i * 4 + k}", "users": 2} for k in range(4)))
+        for i in range(2000)
+    }
+    started = time.monotonic()
+    result = plan(hostvars)
+    assert time.monotonic() - started < 40  # about 8 s on an idle 2-core machine
+    assert result["ok"] and len(result["servers"]) == 8000
+    assert result["servers"]["db7999"]["demand"] == 2 * (2 * 2 + 1)
+
+
+def session(pid, state="idle", app="app", seconds=5, user="app", db="appdb", client="10.0.0.9"):
+    return {"pid": pid, "state": state, "application_name": app, "state_seconds": seconds, "usename": user,
+            "datname": db, "client_addr": client}
+
+
+def probe(sessions, max_connections=20, reserved=0):
+    return {"max_connections": max_connections, "superuser_reserved_connections": 3,
+            "reserved_connections": reserved, "in_recovery": False, "sessions": sessions}
+
+
+def test_free_slots_are_max_connections_minus_reserved_minus_used():
+    report = fleet_capacity({"db1": probe([session(1), session(2, "active")], reserved=2)})["servers"]["db1"]
+    assert (report["used"], report["free"], report["reserved"]) == (2, 20 - 5 - 2, 5)
+    assert report["by_state"] == {"active": 1, "idle": 1}
+    assert report["oldest_idle"]["pid"] == 1
+
+
+@pytest.mark.parametrize(
+    ("sentence", "sessions", "flag"),
+    [
+        ("80% of ordinary slots is flagged", [session(i, "active", app=f"a{i}") for i in range(14)], "uses 14 of its 17"),
+        ("an old idle transaction is flagged", [session(7, "idle in transaction", seconds=301)], "pid 7"),
+        ("ten idle connections of one application are flagged", [session(i, app="leaky") for i in range(10)],
+         "application 'leaky' holds 10 idle"),
+    ],
+)
+def test_capacity_flags(sentence, sessions, flag):
+    flags = fleet_capacity({"db1": probe(sessions)})["flags"]
+    assert any(flag in f for f in flags), (sentence, flags)
+
+
+def test_a_quiet_server_has_no_flags():
+    assert fleet_capacity({"db1": probe([session(1, "idle in transaction", seconds=299)])})["flags"] == []
+
+
+def test_pgbouncer_waiting_clients_are_added_up_and_flagged():
+    pools = [{"database": "appdb", "user": "app", "cl_active": "3", "cl_waiting": "2", "maxwait": "1",
+              "maxwait_us": "500000"},
+             {"database": "pgbouncer", "user": "pgbouncer", "cl_waiting": "9"}]
+    report = fleet_capacity({}, {"pgb1": [{"unit": "pgbouncer.service", "pools": pools, "stats": []}]})
+    assert report["poolers"]["pgb1"]["clients_waiting"] == 2
+    assert report["poolers"]["pgb1"]["max_wait_seconds"] == 1.5
+    assert report["flags"] == ["pgb1: 2 client(s) wait for a server connection (max wait 1.500s)"]
+
+
+def test_the_markdown_and_the_console_lines_carry_every_server_and_problem():
+    result = plan(
+        {
+            "db1": server(memory="1GB", cpus=1),
+            "db2": server(),
+            "app1": bouncer({"name": "app", "host": "db1", "users": 4, "pool_size": 20}),
+        }
+    )
+    markdown, lines = fleet_plan_markdown(result), fleet_plan_lines(result)
+    assert "| db2 |  | 4GB (inventory) | 2 | 15 | 0 | 4 |" in markdown  # at least reserved + 1
+    assert "**1 problem(s)" in markdown and "db1 is over its connection ceiling" in markdown
+    assert lines[0].startswith("db1: 1GB (inventory), 1 CPUs, PostgreSQL 15; demand 80") and "PROBLEM" in lines[0]
+    assert lines[1].startswith("db2: 4GB (inventory)") and "max_connections 4," in lines[1]
