@@ -354,7 +354,10 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
     problems = []
     for host in _order(primary_of):
         fixed = _var(hostvars, host, "postgresql_tuning_max_connections", defaults)
-        spec = specs[host] | {"connection_demand": budget[host]["demand"]}
+        # A server nobody declared a client for has an unknown demand, not a demand of 0:
+        # the engine then takes the profile's default instead of shutting everyone out.
+        declared = {"connection_demand": budget[host]["demand"]} if budget[host]["contributors"] else {}
+        spec = specs[host] | declared
         if fixed is not None:
             spec["max_connections"] = fixed
         entry = {
@@ -367,6 +370,7 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
             "settings": None,
             "max_connections": None,
             "tuning_max_connections": None,
+            "tuning_demand": spec.get("connection_demand"),
             "tuning_overrides": spec["overrides"],
             "problem": None,
         } | budget[host]
