@@ -14,6 +14,7 @@ PgBouncer hosts by pgbouncer_tune, demand is pg_connection_budget's. What it add
   least its primary's values.
 """
 
+import json
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
@@ -51,6 +52,65 @@ PGBOUNCER_OPTIONAL = {
 PGBOUNCER_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "max_db_connections")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_KEYS = ("name", "target", "connections", "instances", "hosts", "group")
+
+#: The inventory model's variables the plan reads on a database server and on a PgBouncer
+#: host, and the cached facts it reads on both.
+SERVER_VARIABLES = (
+    "connection_budget_resources",
+    "headroom_memory",
+    "headroom_cpus",
+    "headroom_postgresql_version",
+    "postgresql_version",
+    "postgresql_primary",
+    "ansible_host",
+    "postgresql_tuning_clusters",
+    "postgresql_tuning_memory_fraction",
+    "postgresql_tuning_profile",
+    "postgresql_tuning_storage",
+    "postgresql_tuning_reserved_memory",
+    "postgresql_tuning_overrides",
+    "postgresql_tuning_max_connections",
+)
+POOLER_VARIABLES = (
+    "connection_budget_resources",
+    "headroom_memory",
+    "headroom_cpus",
+    "pgbouncer_databases",
+    "pgbouncer_max_client_conn",
+    "pgbouncer_pool_mode",
+    "pgbouncer_reserve_pool_size",
+    *PGBOUNCER_OPTIONAL,
+)
+MODEL_VARIABLES = frozenset(SERVER_VARIABLES + POOLER_VARIABLES)
+FACT_KEYS = ("memtotal_mb", "processor_nproc", "processor_vcpus", "distribution", "distribution_major_version")
+
+
+def _plain(value):
+    """Inventory data as plain dicts and lists, so nothing later goes back to Ansible's lazy templating."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _model_variables(variables, names):
+    """One host's variables of the inventory model, each templated once, as plain data.
+
+    Ansible builds all of a host's variables (every group_vars file, facts, magic
+    variables) for each hostvars lookup and templates each value on access: on ten
+    thousand hosts that is most of the plan's time, so it is done once per host, for
+    the few variables the plan reads. Unset and null variables are left out.
+    """
+    model = {}
+    for name in names:
+        value = variables[name] if name in variables else None
+        if value is not None:
+            model[name] = _plain(value)
+    facts = variables["ansible_facts"] if "ansible_facts" in variables else None
+    if isinstance(facts, Mapping):
+        model["ansible_facts"] = {key: _plain(facts[key]) for key in FACT_KEYS if key in facts}
+    return model
 
 
 def _var(hostvars, host, name, defaults):
@@ -318,13 +378,22 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
     sentence, and ``problems`` lists them, so a caller can report before it fails.
     Bad input (unknown targets, missing resources, a primary that is no server) raises.
     """
-    defaults = defaults or {}
+    # Plain data from here on: the JSON report then walks no lazy Ansible containers.
+    defaults = {name: _plain(value) for name, value in (defaults or {}).items() if name in MODEL_VARIABLES}
+    direct_clients = _plain(direct_clients)
     servers = list(groups.get("postgresql") or [])
     poolers = list(groups.get("pgbouncer") or [])
     if not servers:
         raise AnsibleFilterError("the inventory has no hosts in group postgresql; there is nothing to plan")
+    server_set, pooler_set = set(servers), set(poolers)
     # Ansible's hostvars builds a host's variables on every lookup: take each host once.
-    hostvars = {host: hostvars[host] for host in dict.fromkeys(servers + poolers)}
+    hostvars = {
+        host: _model_variables(
+            hostvars[host],
+            dict.fromkeys((SERVER_VARIABLES if host in server_set else ()) + (POOLER_VARIABLES if host in pooler_set else ())),
+        )
+        for host in dict.fromkeys(servers + poolers)
+    }
     primary_of = _primaries(hostvars, servers)
     resources = {host: _server_resources(hostvars, host, defaults) for host in servers}
     specs = {host: _server_spec(hostvars, host, resources[host], defaults) for host in servers}
@@ -634,6 +703,23 @@ def fleet_plan_markdown(plan):
     return "\n".join(out) + "\n"
 
 
+def fleet_plan_report(hostvars, groups, direct_clients=None, defaults=None):
+    """fleet_plan, rendered as everything plan.yml writes and prints, in one call.
+
+    reports/plan.json is the plan as to_nice_json(sort_keys=true) writes it. Planning and
+    rendering in one call keeps the plan (tens of MB on ten thousand hosts) out of
+    Ansible's variables: Ansible wraps a filter's result for lazy templating before the
+    next filter or task sees it, and walking that wrapper costs more than the plan.
+    """
+    plan = fleet_plan(hostvars, groups, direct_clients, defaults)
+    return {
+        "json": json.dumps(plan, indent=4, sort_keys=True, separators=(",", ": ")) + "\n",
+        "markdown": fleet_plan_markdown(plan),
+        "lines": fleet_plan_lines(plan),
+        "problems": plan["problems"],
+    }
+
+
 class FilterModule:
     """Fleet plan and capacity filters."""
 
@@ -642,5 +728,6 @@ class FilterModule:
             "fleet_plan": fleet_plan,
             "fleet_plan_lines": fleet_plan_lines,
             "fleet_plan_markdown": fleet_plan_markdown,
+            "fleet_plan_report": fleet_plan_report,
             "fleet_capacity": fleet_capacity,
         }

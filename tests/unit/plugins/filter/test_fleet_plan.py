@@ -1,15 +1,19 @@
 """fleet_plan: the fleet's budget, resources and standby parity, from inventory variables."""
 
+import json
 import time
+from collections.abc import Mapping
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from ansible.plugins.filter.core import to_nice_json
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
     FilterModule,
     fleet_capacity,
     fleet_plan,
     fleet_plan_lines,
     fleet_plan_markdown,
+    fleet_plan_report,
 )
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
 from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import max_connections_report, tune
@@ -53,7 +57,13 @@ def plan(hostvars, clients=None, groups=None):
 
 
 def test_the_plugin_registers_fleet_plan():
-    assert set(FilterModule().filters()) == {"fleet_plan", "fleet_plan_lines", "fleet_plan_markdown", "fleet_capacity"}
+    assert set(FilterModule().filters()) == {
+        "fleet_plan",
+        "fleet_plan_lines",
+        "fleet_plan_markdown",
+        "fleet_plan_report",
+        "fleet_capacity",
+    }
 
 
 def test_demand_adds_up_pools_of_every_pgbouncer_host_and_direct_clients():
@@ -325,3 +335,96 @@ def test_the_markdown_and_the_console_lines_carry_every_server_and_problem():
     assert "**1 problem(s)" in markdown and "db1 is over its connection ceiling" in markdown
     assert lines[0].startswith("db1: 1GB (inventory), 1 CPUs, PostgreSQL 15; demand 80") and "PROBLEM" in lines[0]
     assert lines[1].startswith("db2: 4GB (inventory)") and f"max_connections {db2_max_connections}," in lines[1]
+
+
+class CountingVariables(Mapping):
+    """A host's variables as Ansible's hostvars gives them: counts every lookup of a value."""
+
+    def __init__(self, variables, lookups):
+        self._variables, self._lookups = variables, lookups
+
+    def __getitem__(self, name):
+        self._lookups[name] = self._lookups.get(name, 0) + 1
+        return self._variables[name]
+
+    def __contains__(self, name):  # as HostVarsVars: no templating to answer it
+        return name in self._variables
+
+    def __iter__(self):
+        return iter(self._variables)
+
+    def __len__(self):
+        return len(self._variables)
+
+
+class CountingHostvars(Mapping):
+    """hostvars that counts how often each host's variables are built."""
+
+    def __init__(self, hostvars):
+        self._hostvars, self.built, self.lookups = hostvars, {}, {}
+
+    def __getitem__(self, host):
+        self.built[host] = self.built.get(host, 0) + 1
+        return CountingVariables(self._hostvars[host], self.lookups.setdefault(host, {}))
+
+    def __iter__(self):
+        return iter(self._hostvars)
+
+    def __len__(self):
+        return len(self._hostvars)
+
+
+def test_each_hosts_variables_are_built_once_and_each_value_read_once():
+    hostvars = CountingHostvars(
+        {
+            "db1": server(
+                postgresql_tuning_overrides={"max_wal_senders": 12},
+                pgbouncer_databases=[{"name": "local", "host": "/var/run/postgresql", "users": 1, "pool_size": 2}],
+            ),
+            "db2": server(postgresql_primary="db1", ansible_host="10.0.0.2"),
+            "app1": bouncer({"name": "app", "host": "db1", "users": 2}, pgbouncer_processes=2),
+            "web1": server(),  # in no group the plan reads
+        }
+    )
+    fleet_plan(hostvars, {"postgresql": ["db1", "db2"], "pgbouncer": ["app1", "db1"]}, [], DEFAULTS)
+    assert hostvars.built == {"db1": 1, "db2": 1, "app1": 1}
+    assert all(count == 1 for lookups in hostvars.lookups.values() for count in lookups.values())
+    assert hostvars.lookups["app1"]["pgbouncer_processes"] == 1
+    assert "pgbouncer_databases" not in hostvars.lookups["db2"]  # a server only: no PgBouncer variables read
+
+
+def test_the_plan_is_plain_data_whatever_mappings_the_inventory_gives():
+    result = plan(
+        {
+            "db1": server(postgresql_tuning_overrides=CountingVariables({"max_wal_senders": 12}, {})),
+            "app1": bouncer(CountingVariables({"name": "app", "host": "db1", "users": ("a", "b")}, {})),
+        }
+    )
+
+    def kinds(value):
+        if isinstance(value, dict):
+            return {type(value)} | {kind for item in value.values() for kind in kinds(item)}
+        if isinstance(value, list):
+            return {type(value)} | {kind for item in value for kind in kinds(item)}
+        return {type(value)}
+
+    assert kinds(result) <= {dict, list, str, int, float, bool, type(None)}
+    assert result["servers"]["db1"]["tuning_overrides"] == {"max_wal_senders": 12}
+
+
+@pytest.mark.parametrize("over", [False, True], ids=["fits", "a server over its ceiling"])
+def test_the_report_is_what_plan_yml_wrote_from_the_plan(over):
+    hostvars = {
+        "db1": server(memory="1GB" if over else "4GB"),
+        "db2": server(postgresql_primary="db1"),
+        "app1": bouncer({"name": "app", "host": "db1", "users": 6, "pool_size": 3}),
+    }
+    groups = {"postgresql": ["db1", "db2"], "pgbouncer": ["app1"]}
+    expected = fleet_plan(hostvars, groups, [], DEFAULTS)
+    report = fleet_plan_report(hostvars, groups, [], DEFAULTS)
+    assert report["json"] == to_nice_json(expected, sort_keys=True) + "\n"
+    assert json.loads(report["json"]) == expected
+    assert report["markdown"] == fleet_plan_markdown(expected)
+    assert report["lines"] == fleet_plan_lines(expected)
+    assert report["problems"] == expected["problems"]
+    assert bool(report["problems"]) == over
