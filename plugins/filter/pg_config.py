@@ -4,7 +4,8 @@ Two jobs the tuning role needs beside the sizing engine:
 
 * ``pg_conf_value``: render one value for ``name = value`` so that no input can
   end the line or start another parameter (PostgreSQL's quoting: single quotes,
-  a quote doubled).
+  a quote or a backslash doubled, as ALTER SYSTEM writes postgresql.auto.conf with
+  src/port/quotes.c; the file's lexer reads a backslash as an escape).
 * ``pg_settings_diff``: which configured values differ from the running ones in
   ``pg_settings``, comparing as PostgreSQL does: ``'4GB'`` equals ``'4096MB'``
   equals 524288 blocks of 8kB, ``'10min'`` equals 600000 ms, ``on`` equals
@@ -22,7 +23,7 @@ TIME_UNIT_US = {"d": 86_400_000_000, "h": 3_600_000_000, "min": 60_000_000, "s":
 
 _BARE_VALUE_RE = re.compile(r"^-?(?:\d+(?:\.\d+)?)$")
 # Written without quotes: plain numbers, whole numbers with a unit ("128MB", "10min"), simple words ("on", "try").
-_UNQUOTED_RE = re.compile(r"^(?:-?\d+(?:\.\d+)?|\d+[A-Za-z]+|[A-Za-z_][A-Za-z0-9_]*)$")
+_UNQUOTED_RE = re.compile(r"(?:-?\d+(?:\.\d+)?|\d+[A-Za-z]+|[A-Za-z_][A-Za-z0-9_]*)", re.ASCII)
 _TIME_RE = re.compile(r"^\s*(?P<number>-?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>[a-z]*)\s*$")
 _BOOL_WORDS = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -37,7 +38,7 @@ def pg_conf_value(value, name="value"):
     if isinstance(value, float):
         if not math.isfinite(value):
             raise AnsibleFilterError(f"{name}: {value!r} is not a finite number")
-        return repr(value)
+        value = repr(value)  # "1e-05" has no ".": the file's lexer needs it quoted
     if not isinstance(value, str):
         raise AnsibleFilterError(f"{name}: {value!r} is a {type(value).__name__}; expected a string, number or boolean")
     if _CONTROL_RE.search(value):
@@ -45,9 +46,10 @@ def pg_conf_value(value, name="value"):
             f"{name}: {value!r} holds a newline or another control character, which could add a line to "
             "postgresql.conf; use printable characters only"
         )
-    if _UNQUOTED_RE.match(value):
+    if _UNQUOTED_RE.fullmatch(value):
         return value
-    return "'" + value.replace("'", "''") + "'"
+    # The file's lexer reads a backslash as an escape: doubled, a trailing one cannot eat the closing quote.
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _time_us(value, unit):
@@ -63,7 +65,7 @@ def _time_us(value, unit):
 def _normalize(value, row):
     """``value`` as a comparable Python value, in the terms of the pg_settings ``row``."""
     vartype, unit = row.get("vartype"), row.get("unit") or ""
-    text = value if isinstance(value, str) else pg_conf_value(value, row["name"])
+    text = value if isinstance(value, str) else pg_conf_value(value, row["name"]).strip("'")
     if vartype == "bool":
         return _BOOL_WORDS.get(text.strip().lower(), text)
     if vartype in ("integer", "real") and unit:
