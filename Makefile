@@ -12,13 +12,14 @@ PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 
 stage = @echo; echo "==== $(1) ===="; echo
 
-.PHONY: help setup lint unit syntax molecule collection test lab lab-down clean
+.PHONY: help setup lint unit syntax molecule collection bench bench-smoke test lab lab-down clean
 
 help:
 	@echo "make lab       build the images, start the lab, run site.yml against it"
 	@echo "make lab-down  remove the lab containers"
 	@echo "make test      lint, syntax, unit tests, collection install test, every molecule scenario"
 	@echo "make setup     virtualenv, Docker engine and base images only"
+	@echo "make bench     benchmarks on the lab (long); results in bench/results/<date>/"
 
 $(BIN)/ansible: requirements.txt
 	$(call stage,setup: virtualenv from requirements.txt)
@@ -55,7 +56,21 @@ molecule: setup
 	  molecule test -s $$s || exit 1; \
 	done
 
-test: lint syntax unit collection molecule
+# The benchmarks run on the lab (bench/README.md). bench-smoke runs them on a tiny size and
+# only checks that every result file is written and well-formed: it measures nothing.
+BENCH_OUT ?= bench/results/$(shell date +%F)
+
+bench: setup
+	$(call stage,bench: full size on the lab (see bench/README.md))
+	$(BIN)/python bench/bench.py run --size full --out $(BENCH_OUT)
+	$(BIN)/python bench/bench.py check $(BENCH_OUT)
+
+bench-smoke: setup
+	$(call stage,bench-smoke: every benchmark on a tiny size, result files checked)
+	$(BIN)/python bench/bench.py run --size smoke --out reports/bench-smoke
+	$(BIN)/python bench/bench.py check reports/bench-smoke
+
+test: lint syntax unit collection bench-smoke molecule
 	$(call stage,test: all stages passed)
 
 lab: setup
