@@ -6,7 +6,11 @@ The pool sizes below are the ones converge.yml asks for (server_cpus 2 -> 2 x 2 
 """
 
 import json
+import os
 import re
+import secrets
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +20,12 @@ RESERVE_POOL_SIZE = 2
 MAX_CLIENT_CONN = 1200
 PGBOUNCER_PORT = 6432
 TRANSACTIONS = 20  # per pgbench client through PgBouncer
+# host_vars in molecule.yml: Debian 13 (PgBouncer 1.24, [peers]) runs two processes.
+PROCESSES = {"headroom-pgbouncer-debian12": 1, "headroom-pgbouncer-debian13": 2}
+# The faults below run ansible-playbook against one platform only, to keep the scenario short.
+FAULT_HOST = "headroom-pgbouncer-debian12"
+SCENARIO = Path(__file__).resolve().parents[1]
+PROJECT = SCENARIO.parents[1]
 
 
 def cluster(host):
@@ -24,10 +34,60 @@ def cluster(host):
     return clusters[0]
 
 
-def console(host, command):
+def units(host):
+    """The PgBouncer units that run: pgbouncer.service, or pgbouncer@<n>.service for several."""
+    out = host.check_output(
+        "systemctl list-units --plain --no-legend --state=active pgbouncer.service 'pgbouncer@*.service'"
+    )
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def ini_of(unit):
+    number = re.fullmatch(r"pgbouncer@(\d+)\.service", unit)
+    return f"/etc/pgbouncer/pgbouncer-{number.group(1)}.ini" if number else "/etc/pgbouncer/pgbouncer.ini"
+
+
+def console(host, command, unit="pgbouncer.service"):
     """Rows of an admin console command, read the way the role reads them."""
-    out = host.check_output("/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s", command)
+    out = host.check_output("/usr/local/lib/headroom/pgbouncer-console %s %s", unit, command)
     return json.loads(out)["rows"]
+
+
+def live_config(host, unit):
+    return {row["key"]: row["value"] for row in console(host, "SHOW CONFIG", unit)}
+
+
+def main_pid(host, unit):
+    return int(host.check_output("systemctl show --property=MainPID --value %s", unit))
+
+
+def name(host):
+    return host.backend.get_hostname()
+
+
+def playbook(host, *args):
+    """Run converge.yml on this host alone with molecule's inventory and config; stdout holds all output."""
+    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+    command = ["ansible-playbook", "-i", str(ephemeral / "inventory"), "--limit", name(host),
+               str(SCENARIO / "converge.yml"), *args]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=900, check=False)
+
+
+@pytest.fixture
+def fault_host(host):
+    """The faults change the live PgBouncer; they run on the single-process platform only."""
+    if name(host) != FAULT_HOST:
+        pytest.skip(f"the fault runs on {FAULT_HOST}")
+    return host
+
+
+@pytest.fixture
+def multi_host(host):
+    if PROCESSES[name(host)] == 1:
+        pytest.skip("this platform runs one PgBouncer process")
+    return host
 
 
 def pgbench(host, clients, port, run, sample=False, superuser=False):
@@ -84,8 +144,15 @@ def test_direct_500_clients_run_out_of_connection_slots(host, superuser, message
     assert message in result.stderr, result.stderr
 
 
+def test_the_expected_processes_run(host):
+    expected = PROCESSES[name(host)]
+    want = ["pgbouncer.service"] if expected == 1 else [f"pgbouncer@{n}.service" for n in range(1, expected + 1)]
+    assert units(host) == want
+
+
 @pytest.mark.parametrize("clients", [500, 1000])
 def test_pgbouncer_serves_every_client_within_the_pool(host, clients):
+    processes = PROCESSES[name(host)]
     result, samples = pgbench(host, clients, PGBOUNCER_PORT, f"--transactions={TRANSACTIONS}", sample=True)
     print(result.stdout)
     bench_max = max(sample[0] for sample in samples)
@@ -98,41 +165,60 @@ def test_pgbouncer_serves_every_client_within_the_pool(host, clients):
     # Every client ran all its transactions: none was turned away or dropped.
     total = clients * TRANSACTIONS
     assert f"number of transactions actually processed: {total}/{total}" in result.stdout, result.stdout
-    # The bench role's pool holds at most pool + reserve server connections. The auth
+    # Each process's bench pool holds at most pool + reserve server connections. The auth
     # user's lookup pool shares the entry's max_db_connections, sized by the engine for
     # both pools: (pool + reserve) x 2. The sampler sits in the postgres database.
-    assert 0 < bench_max <= POOL_SIZE + RESERVE_POOL_SIZE, samples
-    assert total_max <= (POOL_SIZE + RESERVE_POOL_SIZE) * 2, samples
+    assert 0 < bench_max <= (POOL_SIZE + RESERVE_POOL_SIZE) * processes, samples
+    assert total_max <= (POOL_SIZE + RESERVE_POOL_SIZE) * 2 * processes, samples
 
 
 def test_show_config_has_the_managed_values_live(host):
-    live = {row["key"]: row["value"] for row in console(host, "SHOW CONFIG")}
-    assert live["auth_type"] == "scram-sha-256"
-    assert live["pool_mode"] == "transaction"
-    assert live["max_client_conn"] == str(MAX_CLIENT_CONN)
-    assert live["default_pool_size"] == str(POOL_SIZE)
-    assert live["listen_addr"] == "127.0.0.1"
-    assert live["auth_query"] == "SELECT username, password FROM pgbouncer.get_auth($1)"
+    for unit in units(host):
+        live = live_config(host, unit)
+        assert live["auth_type"] == "scram-sha-256"
+        assert live["pool_mode"] == "transaction"
+        assert live["max_client_conn"] == str(MAX_CLIENT_CONN)
+        assert live["default_pool_size"] == str(POOL_SIZE)
+        assert live["listen_addr"] == "127.0.0.1"
+        assert live["auth_query"] == "SELECT username, password FROM pgbouncer.get_auth($1)"
+        assert live["log_connections"] == "1" and live["log_disconnections"] == "1"
+
+
+def test_listens_on_loopback_and_its_socket_only(host):
+    """Every TCP listener on the port is 127.0.0.1 (kernel tables: no ss in the image)."""
+    port = f"{PGBOUNCER_PORT:04X}"
+    listeners = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in host.file(table).content_string.splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local.endswith(f":{port}"):
+                listeners.append(local)
+    assert listeners and set(listeners) == {f"0100007F:{port}"}, listeners
+    for unit in units(host):
+        socket_dir = live_config(host, unit)["unix_socket_dir"]
+        assert host.file(f"{socket_dir}/.s.PGSQL.{PGBOUNCER_PORT}").is_socket
 
 
 def test_show_databases_and_pools_show_the_configured_pool(host):
-    bench = next(row for row in console(host, "SHOW DATABASES") if row["name"] == "bench")
-    assert int(bench["pool_size"]) == POOL_SIZE
-    pools = [row for row in console(host, "SHOW POOLS") if row["database"] == "bench"]
-    assert pools, "no pool for bench"
-    for pool in pools:
-        servers = sum(int(pool[key]) for key in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
-        assert servers <= POOL_SIZE + RESERVE_POOL_SIZE, pool
+    for unit in units(host):
+        bench = next(row for row in console(host, "SHOW DATABASES", unit) if row["name"] == "bench")
+        assert int(bench["pool_size"]) == POOL_SIZE
+        pools = [row for row in console(host, "SHOW POOLS", unit) if row["database"] == "bench"]
+        assert pools, "no pool for bench"
+        for pool in pools:
+            servers = sum(int(pool[key]) for key in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
+            assert servers <= POOL_SIZE + RESERVE_POOL_SIZE, pool
 
 
 def test_file_descriptor_limit_covers_max_client_conn(host):
-    pid = host.check_output("systemctl show --property=MainPID --value pgbouncer.service")
-    limits = host.file(f"/proc/{pid}/limits").content_string
-    soft = int(re.search(r"^Max open files\s+(\d+)", limits, re.M).group(1))
-    assert soft > MAX_CLIENT_CONN
-    report = host.check_output("grep -h 'kernel file descriptor limit' /var/log/postgresql/pgbouncer.log | tail -n 1")
-    limit, expected = re.search(r"limit: (\d+) .* max expected fd use: (\d+)", report).groups()
-    assert int(limit) >= int(expected), report
+    for unit in units(host):
+        limits = host.file(f"/proc/{main_pid(host, unit)}/limits").content_string
+        soft = int(re.search(r"^Max open files\s+(\d+)", limits, re.M).group(1))
+        assert soft > MAX_CLIENT_CONN
+        logfile = live_config(host, unit)["logfile"]
+        report = host.check_output("grep -h 'kernel file descriptor limit' %s | tail -n 1", logfile)
+        limit, expected = re.search(r"limit: (\d+) .* max expected fd use: (\d+)", report).groups()
+        assert int(limit) >= int(expected) > MAX_CLIENT_CONN, report
 
 
 def test_userlist_holds_only_scram_verifiers(host):
@@ -147,11 +233,10 @@ def test_userlist_holds_only_scram_verifiers(host):
         assert secret.startswith("SCRAM-SHA-256$"), user
 
 
-@pytest.mark.parametrize("path", ["/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt"])
-def test_config_files_belong_to_the_service_user(host, path):
-    f = host.file(path)
-    assert f.user == "postgres"
-    assert f.mode == 0o640
+def test_config_files_belong_to_the_service_user(host):
+    for path in [ini_of(unit) for unit in units(host)] + ["/etc/pgbouncer/userlist.txt"]:
+        f = host.file(path)
+        assert (f.user, f.mode) == ("postgres", 0o640), path
 
 
 def test_config_dir_is_not_world_readable(host):
@@ -167,6 +252,36 @@ def test_auth_function_is_locked_down(host):
         "FROM pg_proc p WHERE p.oid = 'pgbouncer.get_auth(text)'::regprocedure",
     )
     assert out == "t|{\"search_path=pg_catalog, pg_temp\"}|t|f"
+
+
+def test_auth_query_is_schema_qualified_and_checks_valid_until(host):
+    source = host.check_output(
+        "runuser -u postgres -- psql -XAt -d bench -c %s",
+        "SELECT prosrc FROM pg_proc WHERE oid = 'pgbouncer.get_auth(text)'::regprocedure",
+    )
+    assert "rolvaliduntil" in source and "pg_catalog.pg_authid" in source
+    for unit in units(host):
+        assert live_config(host, unit)["auth_query"].startswith("SELECT username, password FROM pgbouncer.")
+
+
+def login(host, user="bench", password=PASSWORD, dbname="bench", target=f"-h 127.0.0.1 -p {PGBOUNCER_PORT}"):
+    return host.run(
+        f"PGCONNECT_TIMEOUT=10 PGPASSWORD=%s timeout 30 psql -XAtq {target} -U %s -d %s -c 'SELECT 1'",
+        password, user, dbname,
+    )
+
+
+def test_an_expired_role_is_refused(host):
+    """VALID UNTIL in the past: refused through PgBouncer with the right password; control: back to no expiry."""
+    sql = "runuser -u postgres -- psql -XAtq -c %s"
+    host.check_output(sql, "ALTER ROLE bench VALID UNTIL '2001-01-01'")
+    try:
+        refused = login(host)
+    finally:
+        host.check_output(sql, "ALTER ROLE bench VALID UNTIL 'infinity'")
+    assert refused.rc != 0 and "authentication failed" in refused.stderr, refused.stderr
+    allowed = login(host)
+    assert (allowed.rc, allowed.stdout.strip()) == (0, "1"), allowed.stderr
 
 
 def test_auth_user_has_no_password(host):
@@ -217,10 +332,202 @@ def test_stats_user_reads_the_console(host):
 def test_candidate_check_refuses_a_file_pgbouncer_cannot_load(host, edit, loads):
     """The validate step of the role: a throwaway PgBouncer on a copy of the live file."""
     result = host.run(
-        "f=$(mktemp) && cp /etc/pgbouncer/pgbouncer.ini $f && sed -i %s $f && "
+        "f=$(mktemp) && cp %s $f && sed -i %s $f && "
         "/usr/local/lib/headroom/pgbouncer-check-config $f postgres; rc=$?; rm -f $f; exit $rc",
+        ini_of(units(host)[0]),
         edit or "s/^//",
     )
     assert (result.rc == 0) == loads, result.stdout + result.stderr
     if not loads:
         assert "cannot load config file" in result.stderr
+
+
+# Several processes (Debian 13): own unit, socket directory, pidfile and log each,
+# sharing the port with so_reuseport, and [peers] so a cancel request reaches the
+# process that runs the query whichever process the kernel hands it to.
+def test_the_single_process_unit_is_stopped_and_disabled(multi_host):
+    unit = multi_host.service("pgbouncer.service")
+    assert not unit.is_running and not unit.is_enabled
+
+
+def test_each_process_has_its_own_paths_and_serves_on_its_socket(multi_host):
+    for number, unit in enumerate(units(multi_host), start=1):
+        live = live_config(multi_host, unit)
+        assert live["so_reuseport"] == "1"
+        assert live["unix_socket_dir"] == f"/run/pgbouncer-{number}"
+        assert live["pidfile"] == f"/run/pgbouncer-{number}/pgbouncer.pid"
+        assert live["logfile"] == f"/var/log/postgresql/pgbouncer-{number}.log"
+        assert live["peer_id"] == str(number)
+        assert multi_host.file(live["pidfile"]).content_string.strip() == str(main_pid(multi_host, unit))
+        result = login(multi_host, target=f"-h /run/pgbouncer-{number} -p {PGBOUNCER_PORT}")
+        assert (result.rc, result.stdout.strip()) == (0, "1"), result.stderr
+
+
+def test_every_process_takes_tcp_clients(multi_host):
+    def transactions():
+        counts = {}
+        for unit in units(multi_host):
+            rows = console(multi_host, "SHOW STATS", unit)
+            counts[unit] = sum(int(row["total_xact_count"]) for row in rows if row["database"] == "bench")
+        return counts
+
+    before = transactions()
+    result, _ = pgbench(multi_host, 60, PGBOUNCER_PORT, "--transactions=20")
+    assert result.rc == 0, result.stderr
+    after = transactions()
+    print(f"transactions per process: before {before}, after {after}")
+    assert all(after[unit] > before[unit] for unit in before), (before, after)
+
+
+def test_every_process_knows_its_peers(multi_host):
+    for unit in units(multi_host):
+        peers = console(multi_host, "SHOW PEERS", unit)
+        assert sorted(row["peer_id"] for row in peers) == [str(n) for n in range(1, PROCESSES[name(multi_host)] + 1)]
+
+
+def test_cancel_requests_reach_the_query_whichever_process_gets_them(multi_host):
+    """psql sends its cancel on a new TCP connection: the kernel picks a process for it at random.
+
+    Without peers about half the cancels go to the wrong process and are lost, so the query
+    runs its 20 s. Eight tries all cancelled within seconds prove the forwarding.
+    """
+    for attempt in range(8):
+        result = multi_host.run(
+            "start=$(date +%%s); PGPASSWORD=%s timeout -s INT 2 psql -XAtq -h 127.0.0.1 -p %s -U bench -d bench "
+            "-c 'SELECT pg_sleep(20)'; echo elapsed=$(( $(date +%%s) - start ))",
+            PASSWORD, str(PGBOUNCER_PORT),
+        )
+        elapsed = int(re.search(r"elapsed=(\d+)", result.stdout).group(1))
+        assert "canceling statement due to user request" in result.stderr, (attempt, result.stderr)
+        assert elapsed < 10, (attempt, elapsed)
+
+
+# Faults. Each runs the role (converge.yml) again on the single-process platform and
+# asserts on the live PgBouncer afterwards; each leaves it as converge left it.
+def test_a_run_with_a_file_pgbouncer_refuses_never_reloads(fault_host):
+    """A certificate path that does not exist: PgBouncer cannot load the candidate, so the live file stays."""
+    ini = "/etc/pgbouncer/pgbouncer.ini"
+    before = fault_host.file(ini).sha256sum, main_pid(fault_host, "pgbouncer.service")
+    result = playbook(fault_host, "-e", json.dumps({
+        "pgbouncer_client_tls_sslmode": "require",
+        "pgbouncer_client_tls_cert_file": "/etc/pgbouncer/missing.crt",
+        "pgbouncer_client_tls_key_file": "/etc/pgbouncer/missing.key",
+    }))
+    assert result.returncode != 0, result.stdout
+    assert "pgbouncer-check-config" in result.stdout and "failed to validate" in result.stdout, result.stdout
+    assert (fault_host.file(ini).sha256sum, main_pid(fault_host, "pgbouncer.service")) == before
+    assert "client_tls_sslmode = require" not in fault_host.file(ini).content_string
+    assert live_config(fault_host, "pgbouncer.service")["client_tls_sslmode"] != "require"
+
+
+def test_a_live_file_broken_by_hand_falls_back_silently_and_a_run_repairs_it(fault_host):
+    unit, ini = "pgbouncer.service", "/etc/pgbouncer/pgbouncer.ini"
+    pid = main_pid(fault_host, unit)
+    fault_host.check_output("sed -i 's/^max_client_conn = .*/max_client_conn = plenty/' %s && systemctl reload %s", ini, unit)
+    # What the role guards against: RELOAD answered success and PgBouncer runs defaults.
+    fallback = live_config(fault_host, unit)
+    assert (fallback["max_client_conn"], fallback["default_pool_size"]) == ("100", "20"), fallback
+    result = playbook(fault_host)
+    assert result.returncode == 0, result.stdout
+    live = live_config(fault_host, unit)
+    assert (live["max_client_conn"], live["default_pool_size"]) == (str(MAX_CLIENT_CONN), str(POOL_SIZE))
+    assert main_pid(fault_host, unit) == pid
+
+
+def test_a_reload_that_does_not_take_puts_the_last_good_file_back(fault_host):
+    """The file is broken right before PgBouncer reads it (a one-shot ExecReload hook stands in for a hand edit).
+
+    The hook runs as root ("+"): the unit's User=postgres may not write /etc/pgbouncer.
+    """
+    unit, ini = "pgbouncer.service", "/etc/pgbouncer/pgbouncer.ini"
+    last_good = fault_host.file(ini + ".last-good")
+    assert last_good.sha256sum == fault_host.file(ini).sha256sum
+    pid = main_pid(fault_host, unit)
+    hook = "/etc/systemd/system/pgbouncer.service.d/zz-test-break-on-reload.conf"
+    fault_host.check_output(
+        "printf '%%s\\n' '[Service]' 'ExecReload=' "
+        "\"ExecReload=+/bin/sh -c 'if [ -e /run/break-next-reload ]; then rm -f /run/break-next-reload; "
+        "sed -i s/^max_client_conn.*/max_client_conn=plenty/ %s; fi; exec /bin/kill -HUP \\$MAINPID'\" > %s "
+        "&& systemctl daemon-reload && touch /run/break-next-reload",
+        ini, hook,
+    )
+    try:
+        result = playbook(fault_host, "-e", "pgbouncer_server_idle_timeout=601")
+    finally:
+        fault_host.check_output("rm -f %s /run/break-next-reload && systemctl daemon-reload", hook)
+    assert result.returncode != 0, result.stdout
+    assert "Put back and reloaded the last good /etc/pgbouncer/pgbouncer.ini" in result.stdout, result.stdout
+    live = live_config(fault_host, unit)
+    assert (live["max_client_conn"], live["default_pool_size"], live["server_idle_timeout"]) == (
+        str(MAX_CLIENT_CONN), str(POOL_SIZE), "600")
+    assert fault_host.file(ini).sha256sum == last_good.sha256sum
+    assert main_pid(fault_host, unit) == pid
+
+
+def test_a_file_descriptor_limit_below_the_sizing_is_refused(fault_host):
+    dropin = "/etc/systemd/system/pgbouncer.service.d/headroom-limits.conf"
+    before = fault_host.file(dropin).sha256sum
+    result = playbook(fault_host, "-e", "pgbouncer_nofile_limit=512")
+    assert result.returncode != 0
+    assert re.search(r"pgbouncer_nofile_limit 512 is below the \d+ file descriptors", result.stdout), result.stdout
+    assert fault_host.file(dropin).sha256sum == before
+
+
+def test_a_file_descriptor_limit_lowered_outside_the_role_fails_the_run(fault_host):
+    unit = "pgbouncer.service"
+    low = "/etc/systemd/system/pgbouncer.service.d/zz-test-low-nofile.conf"
+    fault_host.check_output("printf '[Service]\\nLimitNOFILE=512\\n' > %s && systemctl daemon-reload && systemctl restart %s",
+                            low, unit)
+    try:
+        result = playbook(fault_host)
+    finally:
+        fault_host.check_output("rm -f %s && systemctl daemon-reload && systemctl restart %s", low, unit)
+    assert result.returncode != 0
+    assert re.search(r"pgbouncer.service started with a file descriptor limit of 512 but expects up to \d+",
+                     result.stdout), result.stdout
+    limits = fault_host.file(f"/proc/{main_pid(fault_host, unit)}/limits").content_string
+    assert int(re.search(r"^Max open files\s+(\d+)", limits, re.M).group(1)) > MAX_CLIENT_CONN
+
+
+def test_listening_beyond_loopback_without_client_tls_is_refused(fault_host):
+    ini = "/etc/pgbouncer/pgbouncer.ini"
+    before = fault_host.file(ini).sha256sum
+    result = playbook(fault_host, "-e", "pgbouncer_listen_addr=0.0.0.0")
+    assert result.returncode != 0
+    assert ('pgbouncer_listen_addr "0.0.0.0" listens beyond loopback on 0.0.0.0, so pgbouncer_client_tls_sslmode '
+            "must be require, verify-ca or verify-full") in result.stdout, result.stdout
+    assert fault_host.file(ini).sha256sum == before
+    assert live_config(fault_host, "pgbouncer.service")["listen_addr"] == "127.0.0.1"
+
+
+def test_no_secret_reaches_any_log(fault_host):
+    """A canary role's password and SCRAM verifier go through the userlist (as a stats user) in a
+    converge, a check-mode --diff run that would take it out again, and a run that fails after
+    reading it, all at -vvv: neither the password nor any part of the verifier is in their
+    output, the journal or the PostgreSQL and PgBouncer logs.
+    """
+    canary = "canary-" + secrets.token_hex(12)
+    fault_host.check_output(
+        "runuser -u postgres -- psql -XAtq --set=ON_ERROR_STOP=1 -c %s -c %s",
+        "SET password_encryption = 'scram-sha-256'",
+        f"DROP ROLE IF EXISTS canary; CREATE ROLE canary LOGIN PASSWORD '{canary}'",
+    )
+    verifier = fault_host.check_output("runuser -u postgres -- psql -XAt -c \"SELECT rolpassword FROM pg_authid WHERE rolname = 'canary'\"")
+    stored_key, server_key = re.fullmatch(r"SCRAM-SHA-256\$\d+:[^$]+\$([^:]+):(.+)", verifier).groups()
+    with_canary = json.dumps({"pgbouncer_stats_users": ["monitor", "canary"]})
+    runs = {
+        "converge": playbook(fault_host, "-vvv", "-e", with_canary),
+        "check --diff": playbook(fault_host, "-vvv", "--check", "--diff"),
+        "failing": playbook(fault_host, "-vvv", "-e", json.dumps({"pgbouncer_stats_users": ["monitor", "canary", "ghost"]})),
+    }
+    assert runs["converge"].returncode == 0, runs["converge"].stdout
+    assert "canary" in fault_host.file("/etc/pgbouncer/userlist.txt").content_string
+    assert runs["check --diff"].returncode == 0, runs["check --diff"].stdout
+    assert re.search(r"changed=[1-9]", runs["check --diff"].stdout), runs["check --diff"].stdout
+    assert runs["failing"].returncode != 0 and "ghost" in runs["failing"].stdout
+    logs = {run: result.stdout for run, result in runs.items()}
+    logs["journal"] = fault_host.check_output("journalctl --no-pager -o cat")
+    logs["server and pooler logs"] = fault_host.check_output("cat /var/log/postgresql/*.log")
+    for where, text in logs.items():
+        for secret in (canary, verifier, stored_key, server_key):
+            assert secret not in text, f"a secret of the canary role is in the {where} output"
