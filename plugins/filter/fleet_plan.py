@@ -385,15 +385,12 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
     poolers = list(groups.get("pgbouncer") or [])
     if not servers:
         raise AnsibleFilterError("the inventory has no hosts in group postgresql; there is nothing to plan")
-    server_set, pooler_set = set(servers), set(poolers)
+    # What to read on each host: a server's variables, a PgBouncer host's, or both.
+    names = {host: dict.fromkeys(SERVER_VARIABLES) for host in servers}
+    for host in poolers:
+        names[host] = names.get(host, {}) | dict.fromkeys(POOLER_VARIABLES)
     # Ansible's hostvars builds a host's variables on every lookup: take each host once.
-    hostvars = {
-        host: _model_variables(
-            hostvars[host],
-            dict.fromkeys((SERVER_VARIABLES if host in server_set else ()) + (POOLER_VARIABLES if host in pooler_set else ())),
-        )
-        for host in dict.fromkeys(servers + poolers)
-    }
+    hostvars = {host: _model_variables(hostvars[host], wanted) for host, wanted in names.items()}
     primary_of = _primaries(hostvars, servers)
     resources = {host: _server_resources(hostvars, host, defaults) for host in servers}
     specs = {host: _server_spec(hostvars, host, resources[host], defaults) for host in servers}
