@@ -11,14 +11,15 @@ SCENARIO = Path(__file__).resolve().parents[1]
 PROJECT = SCENARIO.parents[1]
 
 # Every managed file with its mode and owner, packages, clusters, and when the server
-# started and last read its files: equal before and after means nothing changed.
+# started and last read its files (or psql's error on a stopped server): equal before and
+# after means nothing changed.
 FINGERPRINT = r"""
 find /etc/postgresql /etc/pgbouncer -printf '%p %m %u:%g\n' 2>/dev/null | sort
 find /etc/postgresql /etc/pgbouncer /var/lib/postgresql -type f \( -path '/etc/*' -o -name postgresql.auto.conf \) \
   -exec sha256sum {} + 2>/dev/null | sort
 echo "packages $(dpkg-query -W -f '${Package} ${Version} ${db:Status-Status}\n' | sha256sum)"
 pg_lsclusters --no-header
-runuser -u postgres -- psql -XAtqc 'SELECT pg_postmaster_start_time(), pg_conf_load_time()' 2>&1
+runuser -u postgres -- psql -XAtqc 'SELECT pg_postmaster_start_time(), pg_conf_load_time()' 2>&1 || true
 """
 
 
