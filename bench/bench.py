@@ -330,12 +330,12 @@ def progress_stalls(stderr):
     return longest
 
 
-def connection_storm(size):
+def connection_storm(size, save_points):
     points = []
-    setups = ["a", "b", "c", "d"]
-    # Setup-major order: each switch of cluster or pooler happens once per setup and size.
-    for setup in setups:
-        for workload, scale in size["workloads"]:
+    # Workload-major: each workload's four setups are measured close together in time, and a
+    # run cut short keeps whole workloads (saved after every point).
+    for workload, scale in size["workloads"]:
+        for setup in SETUPS:
             for clients in size["clients"]:
                 log(f"storm {setup} {workload} scale {scale} clients {clients}")
                 point = storm_point(setup, workload, scale, clients, size["transactions"][workload])
@@ -343,6 +343,12 @@ def connection_storm(size):
                     f"conn errors {point['connection_errors']} backends {point['peak_server_backends']} "
                     f"pg {point['peak_postgresql_memory_mb']} MB pgb {point['peak_pgbouncer_memory_mb']} MB")
                 points.append(point)
+                save_points(points, with_ceilings(points))
+    return points, with_ceilings(points)
+
+
+def with_ceilings(points):
+    """Per workload and scale, the best clean direct tps at low client counts; each point's ratio to it."""
     ceilings = {}
     for p in points:
         if p["setup"] in "ab" and p["clients"] <= CEILING_MAX_CLIENTS and p["failed_transactions"] == 0 and p["connection_errors"] == 0:
@@ -351,7 +357,7 @@ def connection_storm(size):
     for p in points:
         ceiling = ceilings.get(f"{p['workload']}/{p['scale']}")
         p["ratio_to_ceiling"] = round(p["tps"] / ceiling, 3) if ceiling and p["tps"] is not None else None
-    return points, ceilings
+    return ceilings
 
 
 # ---------------------------------------------------------------- restart under load
@@ -677,7 +683,7 @@ def main():
     # The converges of fresh hosts last (the slowest part): a run cut short keeps the most.
     steps = {
         "restart": lambda: results.update(restart=restart_under_load(size, workdir)),
-        "storm": lambda: results.update(zip(("storm", "ceilings"), connection_storm(size))),
+        "storm": lambda: connection_storm(size, lambda points, ceilings: (results.update(storm=points, ceilings=ceilings), save())),
         "plan": lambda: plan_cost(size, workdir, results["ansible"], save),
         "site": lambda: site_cost(size, workdir, results["ansible"], save),
     }
