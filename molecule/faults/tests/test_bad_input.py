@@ -98,12 +98,6 @@ CASES = {
         PGBOUNCER, {"pgbouncer_databases": [GOOD_POOL], "pgbouncer_auth_user": "pgbouncer_auth\n"}, "pgbouncer_auth_user"),
 }
 
-# Cases the pgbouncer role (not changed here) does not refuse yet; strict: a fix turns them red.
-NOT_CAUGHT_YET = {
-    "pgbouncer database name with a newline": "the role's name patterns end in $, which lets a trailing newline through",
-    "pgbouncer auth user with a newline": "the role's name patterns end in $, which lets a trailing newline through",
-}
-
 
 def _play(number, role, variables):
     """One case on every host: the role with the bad input (rescued), then the fingerprint after it."""
@@ -167,8 +161,7 @@ def outcomes():
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=NOT_CAUGHT_YET[c])) if c in NOT_CAUGHT_YET else c
-     for c in sorted(CASES)],
+    sorted(CASES),
 )
 def test_bad_input_fails_before_any_change_and_names_the_variable(host, outcomes, case):
     outcome = outcomes[host.backend.get_hostname()][case]
