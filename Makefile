@@ -70,7 +70,7 @@ bench-smoke: setup
 	$(BIN)/python bench/bench.py run --size smoke --out reports/bench-smoke
 	$(BIN)/python bench/bench.py check reports/bench-smoke
 
-test: lint syntax unit collection bench-smoke molecule
+test: lint syntax unit collection molecule
 	$(call stage,test: all stages passed)
 
 lab: setup

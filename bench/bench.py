@@ -166,8 +166,10 @@ def lab_containers(names, memory, state, workdir):
 
 def prepare_storm(size, workdir):
     """Lab up; d through site.yml; the bench role and databases in both clusters; seed PgBouncer ready."""
-    log("lab: tests/lab/up.yml")
+    log("lab: tests/lab/up.yml, then site.yml on the lab as `make lab` runs it")
     playbook(["tests/lab/up.yml"])
+    # A fresh lab has no PostgreSQL yet: the bench databases need the lab's own converge first.
+    playbook(["site.yml"])
     sh(f"pg_lsclusters -h | grep -q '^{PG_VERSION} bench ' && pg_ctlcluster {PG_VERSION} bench stop || true; pg_ctlcluster {PG_VERSION} main start || true")
     log("d: bench role and databases in 15/main")
     for cluster_port in (5432,):
