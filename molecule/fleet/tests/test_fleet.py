@@ -56,14 +56,20 @@ def expected_demand():
     }
 
 
-def playbook(name, *args, inventories=()):
-    """Run a playbook of the project against this scenario's inventory, with molecule's config."""
+def playbook_command(name, *args, inventories=()):
+    """ansible-playbook of a project playbook against this scenario's inventory: (argv, env with molecule's config)."""
     ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
     command = ["ansible-playbook", "-i", str(ephemeral / "inventory")]
     for extra in inventories:
         command += ["-i", str(extra)]
     command += [str(PROJECT / "playbooks" / name), *args]
     env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return command, env
+
+
+def playbook(name, *args, inventories=()):
+    """Run a playbook of the project against this scenario's inventory, with molecule's config."""
+    command, env = playbook_command(name, *args, inventories=inventories)
     return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -6,14 +6,12 @@ values, replication, PgBouncer's pause state and what pgbench saw. Runs after te
 """
 
 import json
-import os
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from test_fleet import DB1, DB2, PASSWORD, PGB1, PGB2, PROJECT, node, playbook, sql
+from test_fleet import DB1, DB2, PASSWORD, PGB1, PGB2, PROJECT, node, playbook, playbook_command, sql
 
 RESTART_ONLY = "track_activity_query_size"  # needs a restart, and headroom does not manage it
 
@@ -147,9 +145,7 @@ def test_a_standby_unreachable_in_the_roll_stops_it_before_its_primary(pending_r
     before = start_time(DB1)
 
     # The standby goes first; it stops answering the moment the rolling play starts.
-    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
-    command = ["ansible-playbook", "-i", str(ephemeral / "inventory"), str(PROJECT / "playbooks" / "restart.yml")]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    command, env = playbook_command("restart.yml")
     lines = []
     with subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as run:
