@@ -42,6 +42,7 @@ POOL_OPTIONAL = (
     "reserve_pool_size",
     "users",
     "user",
+    "pools",
     "max_db_connections",
     "pool_mode",
     "server_connections",
@@ -102,9 +103,13 @@ def _pooler_contributions(pooler, position, servers):
         reserve = as_int(
             pool.get("reserve_pool_size", pooler.get("reserve_pool_size", 0)), f"{where}.reserve_pool_size", minimum=0
         )
-        users = 1 if pool.get("user") is not None else as_count_or_names(pool.get("users", 1), f"{where}.users")
+        # pgbouncer_tune gives each entry's pools (its users, plus the auth user's in auth_query mode).
+        if pool.get("pools") is not None:
+            pools = as_int(pool["pools"], f"{where}.pools", minimum=1)
+        else:
+            pools = 1 if pool.get("user") is not None else as_count_or_names(pool.get("users", 1), f"{where}.users")
         cap = as_int(pool.get("max_db_connections") or 0, f"{where}.max_db_connections", minimum=0)
-        per_process = (pool_size + reserve) * users
+        per_process = (pool_size + reserve) * pools
         if cap:
             per_process = min(per_process, cap)
         plural = "process" if processes == 1 else "processes"

@@ -79,6 +79,7 @@ POOLER_VARIABLES = (
     "pgbouncer_max_client_conn",
     "pgbouncer_pool_mode",
     "pgbouncer_reserve_pool_size",
+    "pgbouncer_auth_mode",
     *PGBOUNCER_OPTIONAL,
 )
 MODEL_VARIABLES = frozenset(SERVER_VARIABLES + POOLER_VARIABLES)
@@ -251,6 +252,8 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults):
         "max_client_conn": _var(hostvars, pooler, "pgbouncer_max_client_conn", defaults),
         "pool_mode": _var(hostvars, pooler, "pgbouncer_pool_mode", defaults),
         "reserve_pool_size": _var(hostvars, pooler, "pgbouncer_reserve_pool_size", defaults),
+        # As roles/pgbouncer/tasks/plan.yml: the auth user's pool of each entry counts too.
+        "auth_query": _var(hostvars, pooler, "pgbouncer_auth_mode", defaults) == "auth_query",
         "databases": entries,
     }
     if memory is not None:

@@ -8,6 +8,9 @@ Facts it relies on (PgBouncer documentation and source, and facts.md):
   and pg_connection_budget count them.
 * PgBouncer is single-threaded: one process uses at most one core. Several processes
   share a port with ``so_reuseport`` (1.12+).
+* In auth_query mode each database entry has one more pool, the auth user's, which runs
+  the lookups (``auth_user`` on the entry); ``max_db_connections`` caps it together with
+  the users' pools, so it counts as one more user (``pools`` of each sized entry).
 * At start PgBouncer expects ``max_client_conn + 10 + sum over databases of
   pool_size x users`` file descriptors (``check_limits`` in src/main.c) and only
   logs a mismatch, so the limit has to be set by whoever starts it.
@@ -60,12 +63,13 @@ SPEC_OPTIONAL = (
     "expected_tps",
     "default_pool_size",
     "reserve_pool_size",
+    "auth_query",
 )
 DATABASE_REQUIRED = ("name",)
 DATABASE_OPTIONAL = ("users", "user", "pool_size", "reserve_pool_size", "max_db_connections", "target", "pool_mode")
 
 
-def _check_database(entry, position, pool_mode):
+def _check_database(entry, position, pool_mode, auth_pools):
     what = f"databases[{position}]"
     check_keys(entry, DATABASE_REQUIRED, DATABASE_OPTIONAL, what)
     name = entry["name"]
@@ -82,6 +86,8 @@ def _check_database(entry, position, pool_mode):
     checked = {
         "name": name,
         "users": users,
+        # The pools PgBouncer keeps for this entry in each process: one per user, plus the auth user's.
+        "pools": users + auth_pools,
         "pool_mode": as_choice(entry.get("pool_mode", pool_mode), f"{what}.pool_mode", POOL_MODES),
         "pool_size": None,
         "reserve_pool_size": None,
@@ -103,7 +109,7 @@ def _per_process_connections(database, pool_size, reserve_pool_size):
     """Server connections one process may open for one database entry."""
     size = database["pool_size"] if database["pool_size"] is not None else pool_size
     reserve = database["reserve_pool_size"] if database["reserve_pool_size"] is not None else reserve_pool_size
-    connections = (size + reserve) * database["users"]
+    connections = (size + reserve) * database["pools"]
     if database["max_db_connections"] is not None:
         connections = min(connections, database["max_db_connections"])
     return size, reserve, connections
@@ -129,7 +135,7 @@ def _fit_pool_size(databases, wanted, reserve_pool_size, allowance, processes):
     fit, or when every default pool at size 1 still does not fit, this raises.
     """
     per_process = allowance // processes
-    pools = sum(db["users"] for db in databases)
+    pools = sum(db["pools"] for db in databases)
     if per_process < pools:
         raise AnsibleFilterError(
             f"server_connection_allowance {allowance} cannot give each of the {pools} (database, user) pools "
@@ -154,8 +160,9 @@ def pgbouncer_tune(spec):
     PostgreSQL wiki's rule of thumb, applied per pool) when server_cpus is given, else
     PgBouncer's 20. With ``server_connection_allowance`` (the most server connections
     this host may open over all its processes) the default pool shrinks until
-    processes x sum over databases of min(max_db_connections, (pool + reserve) x users)
-    fits; pools given per database are never shrunk.
+    processes x sum over databases of min(max_db_connections, (pool + reserve) x pools)
+    fits, where an entry's pools are its users plus, with ``auth_query``, the auth user's;
+    pools given per database are never shrunk.
     """
     check_keys(spec, SPEC_REQUIRED, SPEC_OPTIONAL, "pgbouncer_tune spec")
     cpus = as_int(spec["cpus"], "cpus", minimum=1)
@@ -163,7 +170,10 @@ def pgbouncer_tune(spec):
     max_client_conn = as_int(spec.get("max_client_conn", DEFAULT_MAX_CLIENT_CONN), "max_client_conn", minimum=1)
     if not isinstance(spec["databases"], (list, tuple)) or not spec["databases"]:
         raise AnsibleFilterError(f"databases must be a non-empty list of mappings, got {spec['databases']!r}")
-    databases = [_check_database(entry, i, pool_mode) for i, entry in enumerate(spec["databases"])]
+    auth_query = spec.get("auth_query", False)
+    if not isinstance(auth_query, bool):
+        raise AnsibleFilterError(f"auth_query must be true or false, got {auth_query!r}")
+    databases = [_check_database(entry, i, pool_mode, int(auth_query)) for i, entry in enumerate(spec["databases"])]
     names = [db["name"] for db in databases]
     if len(set(names)) != len(names):
         raise AnsibleFilterError(f"databases names must be distinct, got {', '.join(names)}")
@@ -190,6 +200,7 @@ def pgbouncer_tune(spec):
         cap = db["max_db_connections"]
         entry = {key: db[key] for key in ("name", "target", "user") if key in db} | {
             "users": db["users"],
+            "pools": db["pools"],
             "pool_mode": db["pool_mode"],
             "pool_size": size,
             "reserve_pool_size": reserve,
@@ -201,11 +212,11 @@ def pgbouncer_tune(spec):
     per_process_total = sum(entry["server_connections"] for entry in sized) // processes
 
     # PgBouncer's check_limits counts pool_size x every known user for each entry (once for a
-    # forced user); counting each entry's own users plus reserves is the real maximum.
+    # forced user); counting each entry's own pools plus reserves is the real maximum.
     expected_fds = (
         max_client_conn
         + 10
-        + sum((entry["pool_size"] + entry["reserve_pool_size"]) * entry["users"] for entry in sized)
+        + sum((entry["pool_size"] + entry["reserve_pool_size"]) * entry["pools"] for entry in sized)
     )
     nofile_limit = max(NOFILE_MIN, math.ceil(expected_fds * NOFILE_FACTOR) + NOFILE_EXTRA)
     estimated_memory = processes * (max_client_conn + per_process_total) * CONNECTION_MEMORY

@@ -73,14 +73,17 @@ def expected_demand(hostvars, groups):
     """Per server, the connections the fleet may open, added up from the inventory."""
     demand = {server: 0 for server in groups["postgresql"]}
     allowance = {}
+    defaults = role_defaults()
     for pooler in groups["pgbouncer"]:
         variables = hostvars[pooler]
         processes = variables.get("pgbouncer_processes", 1)
+        # In auth_query mode the auth user has a pool in each database entry too.
+        auth_pools = int(variables.get("pgbouncer_auth_mode", defaults["pgbouncer_auth_mode"]) == "auth_query")
         smallest = min(hostvars[database["host"]]["headroom_cpus"] for database in variables["pgbouncer_databases"])
         allowance[pooler] = 0
         for database in variables["pgbouncer_databases"]:
             pool = database.get("pool_size", 2 * smallest + 1)
-            connections = processes * pool * len(database["users"])
+            connections = processes * pool * (len(database["users"]) + auth_pools)
             demand[database["host"]] += connections
             allowance[pooler] += connections
     for client in hostvars[groups["postgresql"][0]]["headroom_direct_clients"]:

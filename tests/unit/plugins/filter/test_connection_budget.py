@@ -22,6 +22,7 @@ def test_the_plugin_registers_pg_connection_budget():
         ("every user has its own pool", [pooler(users=["app", "report"])], [], 20),
         ("every process has its own pools", [pooler(processes=3, users=2)], [], 60),
         ("reserve pools count", [pooler(reserve_pool_size=5, users=2)], [], 30),
+        ("an entry's pools (users plus an auth user's) count when given", [pooler(users=2, pools=3)], [], 30),
         (
             "max_db_connections caps one entry per process",
             [pooler(processes=2, users=4, max_db_connections=25)],
@@ -151,6 +152,14 @@ def test_a_pgbouncer_tune_result_plus_host_is_a_pooler():
     budget = pg_connection_budget({"db1": {"ceiling": 200}}, [sized | {"host": "app1"}])
     assert budget["db1"]["demand"] == sized["server_connections"] == 2 * 2 * 9
     assert budget["db1"]["contributors"][0]["name"] == "pgbouncer app1 (2 processes) -> appdb"
+
+
+def test_an_auth_query_pooler_counts_its_auth_user_pools_as_pgbouncer_tune_sized_them():
+    sized = pgbouncer_tune(
+        {"cpus": 2, "server_cpus": 2, "auth_query": True, "databases": [{"name": "appdb", "users": ["app"], "target": "db1"}]}
+    )
+    budget = pg_connection_budget({"db1": {"ceiling": 200}}, [sized | {"host": "app1"}])
+    assert budget["db1"]["demand"] == sized["server_connections"] == 5 * (1 + 1)
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,25 @@ def test_the_allowance_given_to_a_pgbouncer_host_reproduces_its_pools():
     assert again["databases"][0]["pool_size"] == pooler["sizing"]["databases"][0]["pool_size"]
 
 
+def test_in_auth_query_mode_the_allowance_counts_the_auth_user_pools_the_role_will_open():
+    # Three databases behind a PgBouncer on the server itself, in auth_query mode: each entry has
+    # the auth user's pool beside the users', and the role sizes them so (roles/pgbouncer/tasks/plan.yml).
+    databases = [{"name": name, "users": ["bench"]} for name in ("bench1", "bench10", "bench100")]
+    result = plan({"db1": server() | bouncer(*databases, pgbouncer_auth_mode="auth_query")})
+    pooler = result["poolers"]["db1"]
+    again = pgbouncer_tune(
+        {
+            "cpus": 2,
+            "server_cpus": pooler["server_cpus"],
+            "auth_query": True,
+            "server_connection_allowance": pooler["server_connection_allowance"],
+            "databases": databases,
+        }
+    )
+    assert again["default_pool_size"] == pooler["sizing"]["default_pool_size"] == 2 * 2 + 1
+    assert pooler["server_connection_allowance"] == result["servers"]["db1"]["demand"] == 3 * 5 * (1 + 1)
+
+
 @pytest.mark.parametrize(
     ("sentence", "host", "expected_target"),
     [

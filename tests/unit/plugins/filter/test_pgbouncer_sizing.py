@@ -1,5 +1,7 @@
 """pgbouncer_tune: pools, processes, file descriptors and the server connections a PgBouncer host opens."""
 
+import math
+
 import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import FilterModule, pgbouncer_tune
@@ -125,6 +127,37 @@ def test_the_plugin_registers_pgbouncer_tune():
             {"nofile_limit": 11238},
         ),
         (
+            # The auth user's pool in each entry counts like one more user: (20 + 5) x (3 + 1) + 20 x (2 + 1).
+            "in auth_query mode each entry's auth user pool counts in the descriptors",
+            bouncer(
+                [{"name": "appdb", "users": 3, "reserve_pool_size": 5}, {"name": "shop", "users": 2}],
+                max_client_conn=10000,
+                auth_query=True,
+            ),
+            {"nofile_limit": math.ceil((10000 + 10 + 25 * 4 + 20 * 3) * 1.1) + 100},
+        ),
+        (
+            # Three entries of one user each, plus an auth pool each: 6 pools share 15 connections.
+            "in auth_query mode the auth user's pools shrink the default pool to fit the allowance",
+            bouncer(
+                [{"name": "a", "users": ["app"]}, {"name": "b", "users": ["app"]}, {"name": "c", "users": ["app"]}],
+                server_cpus=2,
+                server_connection_allowance=15,
+                auth_query=True,
+            ),
+            {"default_pool_size": 2, "server_connections": 12},
+        ),
+        (
+            "in auth_query mode an allowance for every pool keeps the rule-of-thumb pool size",
+            bouncer(
+                [{"name": "a", "users": ["app"]}, {"name": "b", "users": ["app"]}, {"name": "c", "users": ["app"]}],
+                server_cpus=2,
+                server_connection_allowance=30,
+                auth_query=True,
+            ),
+            {"default_pool_size": 5, "server_connections": 30},
+        ),
+        (
             "memory for about 2kB per connection is estimated",
             bouncer(max_client_conn=1000),
             {"estimated_memory": (1000 + 20) * 2048},
@@ -153,6 +186,7 @@ def test_databases_come_back_with_effective_sizes_and_targets_in_order():
             "name": "appdb",
             "target": "db1",
             "users": 2,
+            "pools": 2,
             "pool_mode": "transaction",
             "pool_size": 12,
             "reserve_pool_size": 0,
@@ -163,6 +197,7 @@ def test_databases_come_back_with_effective_sizes_and_targets_in_order():
             "name": "shop",
             "target": "db2",
             "users": 1,
+            "pools": 1,
             "pool_mode": "session",
             "pool_size": 5,
             "reserve_pool_size": 0,
@@ -209,6 +244,7 @@ def test_session_mode_notes_that_pools_do_not_multiplex():
             bouncer([{"name": "appdb", "users": []}]),
             r"users must be a count of at least 1 or a non-empty list",
         ),
+        ("auth_query must be a boolean", bouncer(auth_query="yes"), r"auth_query must be true or false, got 'yes'"),
         (
             "database names must be distinct",
             bouncer([{"name": "a", "users": 1}, {"name": "a", "users": 1}]),
