@@ -17,7 +17,7 @@ stage = @echo; echo "==== $(1) ===="; echo
 help:
 	@echo "make lab       build the images, start the lab, run site.yml against it"
 	@echo "make lab-down  remove the lab containers"
-	@echo "make test      lint, syntax, unit tests, collection install test, every molecule scenario"
+	@echo "make test      lint, syntax, unit tests, collection install test, every molecule scenario, bench-smoke"
 	@echo "make setup     virtualenv, Docker engine and base images only"
 	@echo "make bench     benchmarks on the lab (long); results in bench/results/<date>/"
 
@@ -70,7 +70,8 @@ bench-smoke: setup
 	$(BIN)/python bench/bench.py run --size smoke --out reports/bench-smoke
 	$(BIN)/python bench/bench.py check reports/bench-smoke
 
-test: lint syntax unit collection molecule
+# bench-smoke last: it brings the lab up and converges db1 with the bench databases.
+test: lint syntax unit collection molecule bench-smoke
 	$(call stage,test: all stages passed)
 
 lab: setup

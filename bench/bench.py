@@ -43,9 +43,8 @@ SETUPS = {
 SIZES = {
     # Per point: transactions shared among its clients, counted after all of them logged in.
     "full": {
-        # (workload, scale) pairs. The full cross product (4 pairs) takes about 45 min of
-        # storm alone on the 2-core lab; these two pairs cover both workloads and scales.
-        "workloads": [("select-only", 10), ("tpcb-like", 100)],
+        # (workload, scale) pairs: both workloads on both scales.
+        "workloads": [("select-only", 10), ("select-only", 100), ("tpcb-like", 10), ("tpcb-like", 100)],
         "clients": [10, 100, 1000, 5000],
         # Per point, shared among the clients: about 10-30 s at the lab's rate for each workload.
         "transactions": {"select-only": 20000, "tpcb-like": 3000},
