@@ -106,6 +106,28 @@ def test_huge_pages_that_stop_the_server_starting_are_rolled_back(host, pg, huge
     assert file_errors(pg) == "0"
 
 
+def test_a_failed_restart_of_an_earlier_runs_write_goes_back_to_the_file_the_server_started_with(
+    host, pg, huge_pages_the_kernel_does_not_have
+):
+    started_with = host.file(managed_file(pg)).sha256sum
+    # First run: restarts not allowed, so the new file waits for one (the restart.yml case).
+    pending = tune(host, postgresql_tuning_allow_restart=False, postgresql_tuning_overrides={"huge_pages": "on"})
+    assert pending.returncode == 0, pending.output[-3000:]
+    assert host.file(managed_file(pg)).sha256sum != started_with
+    assert pg.sql("SELECT pending_restart FROM pg_settings WHERE name = 'huge_pages'") == "t"
+    # Second run: it writes nothing, restarts, and the server does not come back.
+    result = tune(host, postgresql_tuning_allow_restart=True, postgresql_tuning_ready_timeout=20,
+                  postgresql_tuning_overrides={"huge_pages": "on"})
+    assert result.returncode != 0
+    assert "did not come back after a restart" in result.output
+    assert "The previous managed file is back in place" in result.output
+    assert "could not map anonymous shared memory" in result.output
+    assert host.file(managed_file(pg)).sha256sum == started_with
+    assert pg.sql("SELECT 1") == "1"
+    assert pg.show("huge_pages") != "on"
+    assert file_errors(pg) == "0"
+
+
 def test_a_stopped_cluster_the_role_may_not_start_is_left_as_it_is(host, pg, stopped):
     before = fingerprint(host)
     result = tune(host, postgresql_tuning_start_stopped=False, postgresql_tuning_overrides={"work_mem": "7MB"})

@@ -500,6 +500,24 @@ def test_listening_beyond_loopback_without_client_tls_is_refused(fault_host):
     assert live_config(fault_host, "pgbouncer.service")["listen_addr"] == "127.0.0.1"
 
 
+def test_an_entry_for_the_postgres_database_keeps_the_superusers_peer_login(fault_host):
+    # Any user (a count) on the database postgres: the role's scram-sha-256 rule goes first in
+    # pg_hba.conf, and without its own peer line the superuser would be asked for a password.
+    databases = [{"name": "bench", "users": ["bench"]}, {"name": "postgres", "users": 2}]
+    result = playbook(fault_host, "-e", json.dumps({"pgbouncer_databases": databases}))
+    try:
+        assert result.returncode == 0, result.stdout[-3000:]
+        peer = fault_host.run("runuser -u postgres -- psql -XAtq --dbname=postgres --command='SELECT 1'")
+        assert (peer.rc, peer.stdout.strip()) == (0, "1"), peer.stderr
+        other = fault_host.run(
+            "env PGPASSWORD=wrong psql -XAtq --host=/var/run/postgresql --username=bench --dbname=postgres --command='SELECT 1'"
+        )
+        assert other.rc != 0 and 'password authentication failed for user "bench"' in other.stderr, other.stderr
+    finally:
+        restored = playbook(fault_host)  # back to the scenario's own databases
+        assert restored.returncode == 0, restored.stdout[-3000:]
+
+
 def test_no_secret_reaches_any_log(fault_host):
     """A canary role's password and SCRAM verifier go through the userlist (as a stats user) in a
     converge, a check-mode --diff run that would take it out again, and a run that fails after
