@@ -6,13 +6,13 @@ does, and compares the sum with each server's memory ceiling from pg_max_connect
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import (
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import (
     as_count_or_names,
     as_int,
     check_keys,
     check_mapping,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import (
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import (
     DEFAULT_SUPERUSER_RESERVED,
     max_connections_report,
 )

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import pg_connection_budget
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
-from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import as_count_or_names, as_int, as_size
-from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import max_connections_report, tune
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import MB
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import max_connections_report, tune
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import MB
 
 #: Settings a hot standby must run at least at its primary's value, with PostgreSQL's
 #: defaults (13 to 18) for when neither pg_tune nor the overrides set them.
@@ -172,7 +172,7 @@ def _server_resources(hostvars, host, defaults):
         if source is None:
             raise AnsibleFilterError(
                 f"server {host}: its {key} is unknown: no measurement (site.yml's first play, kept in the fact "
-                f"cache), no inventory variable {hint} and no cached facts; set {hint.split(' ')[0]} for {host} "
+                f"cache), no inventory variable {hint} and no cached facts; set {hint.split(' ', maxsplit=1)[0]} for {host} "
                 "or run site.yml once with fact caching on"
             )
         resources[key] = value
@@ -502,8 +502,6 @@ def _apply_parity(host, entry, spec, settings, primary):
         ) from err
 
 
-
-
 def _count_by(sessions, key):
     counts = {}
     for session in sessions:
@@ -614,7 +612,6 @@ def fleet_capacity(server_probes, pooler_probes=None, thresholds=None):
     poolers = {name: _pooler_capacity(name, probes) for name, probes in sorted((pooler_probes or {}).items())}
     flags = [flag for report in [*servers.values(), *poolers.values()] for flag in report["flags"]]
     return {"thresholds": limits, "servers": servers, "poolers": poolers, "flags": flags}
-
 
 
 def _size(size_bytes):

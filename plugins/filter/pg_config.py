@@ -16,7 +16,7 @@ import math
 import re
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import parse_size, unit_bytes
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import parse_size, unit_bytes
 
 #: Time units of PostgreSQL settings, in microseconds (guc.c's time unit table).
 TIME_UNIT_US = {"d": 86_400_000_000, "h": 3_600_000_000, "min": 60_000_000, "s": 1_000_000, "ms": 1_000, "us": 1}

@@ -19,14 +19,14 @@ Facts it relies on (PgBouncer documentation and source, and facts.md):
 import math
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import (
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import (
     as_choice,
     as_count_or_names,
     as_int,
     as_size,
     check_keys,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import KB, describe_size
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import KB, describe_size
 
 #: PgBouncer's own defaults.
 PGBOUNCER_DEFAULT_POOL_SIZE = 20

@@ -2,15 +2,15 @@
 pg_size_bytes and pg_size_pretty.
 
 The model (formulas, constants and where they come from) lives in
-``plugins/module_utils/pg_sizing.py``; size arithmetic in ``pg_units.py``.
+``plugins/plugin_utils/pg_sizing.py``; size arithmetic in ``pg_units.py``.
 """
 
 import math
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import as_int, as_size, check_mapping
-from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import max_connections_report, tune
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import MB, format_size, parse_size
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size, check_mapping
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import max_connections_report, tune
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import MB, format_size, parse_size
 
 #: A cgroup limit at or above this is "no limit": cgroup v1 reports 9223372036854771712
 #: (PAGE_COUNTER_MAX pages, about 8 EiB) for an unlimited group.
@@ -27,7 +27,7 @@ CGROUP_KEYS = ("cgroup_memory_limits", "cgroup_cpu_limits")
 def pg_tune(spec):
     """PostgreSQL settings for a host, as a mapping of parameter name to postgresql.conf value.
 
-    See ``pg_tune.yml`` for the spec keys and ``module_utils/pg_sizing.py`` for the model.
+    See ``pg_tune.yml`` for the spec keys and ``plugin_utils/pg_sizing.py`` for the model.
     """
     return tune(spec)
 

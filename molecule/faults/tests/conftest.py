@@ -36,7 +36,7 @@ def ansible_playbook(playbook, *args, limit=None, extra_vars=None, popen=False):
     if popen:
         return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
-    return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 def tune(host, **variables):

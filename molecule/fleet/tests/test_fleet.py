@@ -70,7 +70,7 @@ def playbook_command(name, *args, inventories=()):
 def playbook(name, *args, inventories=()):
     """Run a playbook of the project against this scenario's inventory, with molecule's config."""
     command, env = playbook_command(name, *args, inventories=inventories)
-    return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def client_backends(name):
@@ -87,9 +87,9 @@ def open_idle_sessions(name, app, count, user="app"):
         target = f"PGPASSWORD={PASSWORD} psql -X -h 127.0.0.1 -U app -d appdb"
     else:
         target = "runuser -u postgres -- psql -X -d postgres"
-    for _ in range(count):
+    for _session in range(count):
         node(name).check_output(f"PGAPPNAME={app} nohup sh -c 'sleep 900 | {target}' >/dev/null 2>&1 &")
-    for _ in range(50):
+    for _attempt in range(50):
         if sum(1 for s in client_backends(name) if s["app"] == app and s["state"] == "idle") == count:
             return
         time.sleep(0.2)

@@ -23,7 +23,7 @@ def start_time(server):
 def make_pending(server, name, value):
     sql(server, f"ALTER SYSTEM SET {name} = '{value}'")
     sql(server, "SELECT pg_reload_conf()")
-    for _ in range(50):
+    for _attempt in range(50):
         if sql(server, f"SELECT pending_restart FROM pg_settings WHERE name = '{name}'") == "t":
             return
         time.sleep(0.1)
@@ -31,7 +31,7 @@ def make_pending(server, name, value):
 
 
 def wait_streaming():
-    for _ in range(150):
+    for _attempt in range(150):
         if sql(DB1, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1":
             return
         time.sleep(0.2)
@@ -70,7 +70,7 @@ def test_a_restart_under_pgbench_through_pgbouncer_fails_no_transaction(pending_
     )
     time.sleep(5)
     result = playbook("restart.yml")
-    output, _ = load.communicate(timeout=120)
+    output, _stderr = load.communicate(timeout=120)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert start_time(DB1) != before[DB1]  # the primary restarted under load

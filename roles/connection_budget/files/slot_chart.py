@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Draw slot usage per server from capacity.json: used, free and reserved slots as stacked bars.
 
 Usage: slot_chart.py CAPACITY_JSON OUTPUT_PNG   (needs matplotlib, pinned in requirements.txt)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import fleet_plan, fleet_plan_markdown
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import GB
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import GB
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -102,14 +102,14 @@ def fleet(tmp_path_factory):
 
 
 def test_plan_yml_succeeds_and_writes_both_reports(fleet):
-    _, reports, result = fleet
+    _inventory, reports, result = fleet
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (reports / "plan.json").stat().st_size > 0
     assert (reports / "plan.md").read_text().startswith("# Fleet plan")
 
 
 def test_every_servers_demand_and_max_connections_add_up_from_the_inventory(fleet):
-    inventory, reports, _ = fleet
+    inventory, reports, _result = fleet
     hostvars, groups = inventory_model(inventory)
     plan = json.loads((reports / "plan.json").read_text())
     demand, allowance = expected_demand(hostvars, groups)
@@ -132,7 +132,7 @@ def test_every_servers_demand_and_max_connections_add_up_from_the_inventory(flee
 
 
 def test_the_reports_are_exactly_fleet_plan_of_the_inventory(fleet):
-    inventory, reports, _ = fleet
+    inventory, reports, _result = fleet
     hostvars, groups = inventory_model(inventory)
     expected = fleet_plan(hostvars, groups, hostvars[groups["postgresql"][0]]["headroom_direct_clients"], role_defaults())
     assert json.loads((reports / "plan.json").read_text()) == expected

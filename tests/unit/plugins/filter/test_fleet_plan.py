@@ -16,7 +16,7 @@ from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
     fleet_plan_report,
 )
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
-from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import max_connections_report, tune
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import max_connections_report, tune
 
 # The role defaults fleet_plan falls back to, as roles/*/defaults/main.yml give them.
 DEFAULTS = {
@@ -211,7 +211,7 @@ def test_a_server_over_its_ceiling_is_a_problem_naming_demand_ceiling_contributo
     assert not result["ok"]
     assert db1["verdict"] == "over" and db1["settings"] is None
     (problem,) = result["problems"]
-    assert f"may open 82 connections (+ 3 reserved = 85)" in problem
+    assert "may open 82 connections (+ 3 reserved = 85)" in problem
     assert f"allow at most {ceiling}" in problem
     assert "pgbouncer app1 (1 process) -> app 80; backup 2" in problem
     assert "smaller pools" in problem and "transaction pooling" in problem and "more memory" in problem

@@ -11,9 +11,9 @@ from ansible_collections.headroom.pg.plugins.filter.postgresql_sizing import (
     pg_size_pretty,
     pg_tune,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_parameters import known_parameters, memory_range
-from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import worst_case_memory
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import unit_bytes
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_parameters import known_parameters, memory_range
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import worst_case_memory
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import unit_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -2,14 +2,14 @@
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.module_utils.pg_parameters import (
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_parameters import (
     READ_ONLY,
     canonical_name,
     check_version,
     known_parameters,
     memory_range,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_sizing import stable_usable
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import stable_usable
 
 GB = 1024**3
 MB = 1024**2

@@ -8,7 +8,7 @@ sizing a server from a default.
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import parse_size
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import parse_size
 
 
 def check_mapping(value, what):

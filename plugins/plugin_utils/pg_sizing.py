@@ -41,7 +41,7 @@ from collections import namedtuple
 from fractions import Fraction
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import (
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import (
     as_choice,
     as_fraction,
     as_int,
@@ -49,14 +49,14 @@ from ansible_collections.headroom.pg.plugins.module_utils.pg_inputs import (
     check_keys,
     check_mapping,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_parameters import (
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_parameters import (
     READ_ONLY,
     canonical_name,
     check_version,
     known_parameters,
     memory_range,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import (
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import (
     BLOCK,
     GB,
     KB,
