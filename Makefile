@@ -12,13 +12,18 @@ PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 
 stage = @echo; echo "==== $(1) ===="; echo
 
+# The stages of `make test`, in order; each prints its duration at the end (reports/stage-times.tsv).
+TEST_STAGES := setup lint syntax unit collection $(addprefix molecule-,$(SCENARIOS)) bench-smoke
+STAGE_TIMES := reports/stage-times.tsv
+
 .PHONY: help setup lint unit syntax molecule collection bench bench-smoke test lab lab-down clean
 
 help:
 	@echo "make lab       build the images, start the lab, run site.yml against it"
 	@echo "make lab-down  remove the lab containers"
 	@echo "make test      lint, syntax, unit tests, collection install test, every molecule scenario, bench-smoke"
-	@echo "make setup     virtualenv, Docker engine and base images only"
+	@echo "make setup     virtualenv, Docker engine and the lab's images only"
+	@echo "make molecule-NAME  one molecule scenario (molecule/NAME)"
 	@echo "make bench     benchmarks on the lab (long); results in bench/results/<date>/"
 
 $(BIN)/ansible: requirements.txt
@@ -37,6 +42,16 @@ lint: $(BIN)/ansible
 	yamllint --strict .
 	$(call stage,lint: ansible-lint (production profile))
 	ansible-lint --profile production --nocolor
+# ansible-test sanity, every finding an error (exceptions, each with its reason: tests/sanity/ignore-2.19.txt).
+# scripts/sanity.sh copies the checkout's files into $(mktemp -d)/ansible_collections/headroom/pg,
+# where ansible-test must run, and runs `ansible-test sanity --local --python 3.11` there with this
+# virtualenv: no Docker. Each test's own virtualenv (~/.ansible/test/venv) gets pip from a bootstrap
+# script that ansible-test would download from a host not reachable here; the script writes a stand-in
+# into ansible-test's cache (~/.ansible/test/cache/get_pip_<version>.py) that installs pip with the
+# wheel bundled in Python's ensurepip. The tests' pinned requirements come from PyPI on the first run,
+# then from those cached virtualenvs; shellcheck, if missing, from Debian (as root).
+	$(call stage,lint: ansible-test sanity)
+	scripts/sanity.sh
 
 syntax: $(BIN)/ansible
 	$(call stage,syntax: ansible-playbook --syntax-check)
@@ -50,11 +65,11 @@ collection: setup
 	$(call stage,collection: build and install headroom.pg into an unrelated project)
 	tests/collection/run.sh
 
-molecule: setup
-	@for s in $(SCENARIOS); do \
-	  echo; echo "==== molecule: $$s ===="; echo; \
-	  molecule test -s $$s || exit 1; \
-	done
+molecule: $(addprefix molecule-,$(SCENARIOS))
+
+molecule-%: setup
+	$(call stage,molecule: $*)
+	molecule test -s $*
 
 # The benchmarks run on the lab (bench/README.md). bench-smoke runs them on a tiny size and
 # only checks that every result file is written and well-formed: it measures nothing.
@@ -71,7 +86,13 @@ bench-smoke: setup
 	$(BIN)/python bench/bench.py check reports/bench-smoke
 
 # bench-smoke last: it brings the lab up and converges db1 with the bench databases.
-test: lint syntax unit collection molecule bench-smoke
+# A failed stage stops the run; the times so far are printed either way.
+test:
+	@mkdir -p reports && : > $(STAGE_TIMES)
+	@for stage in $(TEST_STAGES); do \
+	  scripts/stage-time.sh $(STAGE_TIMES) $$stage $(MAKE) --no-print-directory $$stage \
+	    || { scripts/stage-time.sh $(STAGE_TIMES) --report; exit 1; }; \
+	done; scripts/stage-time.sh $(STAGE_TIMES) --report
 	$(call stage,test: all stages passed)
 
 lab: setup

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """headroom benchmarks on the lab: connection storm, restart under load, Ansible cost.
 
     bench/bench.py run --size full|smoke --out DIR    run every benchmark, write DIR/results.*
@@ -70,7 +69,7 @@ SIZES = {
 # seconds (plus 0.04 s per client for logging in) and is recorded as timed out.
 MIN_TRANSACTIONS_PER_CLIENT = 2
 POINT_TIMEOUT = 240
-ALL_SCALES = sorted({scale for size in SIZES.values() for _, scale in size["workloads"]})
+ALL_SCALES = sorted({scale for size in SIZES.values() for _workload, scale in size["workloads"]})
 # Connection storm points with at most this many clients give the box's ceiling (best direct tps).
 CEILING_MAX_CLIENTS = 100
 
@@ -80,7 +79,7 @@ def log(message):
 
 
 def run(argv, timeout=None, check=True, env=None):
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -113,7 +112,7 @@ def playbook(args, timeout=3600):
     """Run ansible-playbook from the checkout; returns wall and controller CPU seconds, recap totals, task count, output."""
     start, cpu_before = time.monotonic(), controller_cpu()
     result = subprocess.run(
-        ["ansible-playbook", *args], capture_output=True, text=True, timeout=timeout, env=ansible_env(), cwd=ROOT
+        ["ansible-playbook", *args], capture_output=True, text=True, timeout=timeout, env=ansible_env(), cwd=ROOT, check=False
     )
     seconds, cpu = time.monotonic() - start, controller_cpu() - cpu_before
     if result.returncode != 0:
@@ -160,7 +159,7 @@ def lab_containers(names, memory, state, workdir):
     spec = os.path.join(workdir, f"lab-{len(names)}.json")
     with open(spec, "w", encoding="utf-8") as handle:
         json.dump({
-            "lab_hosts": [{"name": n, "image": "headroom/debian:12", "memory": memory, "groups": ["postgresql", "pgbouncer"]} for n in names],
+            "lab_hosts": [{"name": n, "image": "headroom/debian:12-baked", "memory": memory, "groups": ["postgresql", "pgbouncer"]} for n in names],
             "lab_inventory": os.path.join(workdir, f"lab-{len(names)}-hosts.yml"),
         }, handle)
     playbook(["tests/lab/down.yml", "-e", f"@{spec}"])
@@ -180,16 +179,16 @@ def prepare_storm(size, workdir):
     sh(f"pg_lsclusters -h | grep -q '^{PG_VERSION} bench ' && pg_ctlcluster {PG_VERSION} bench stop || true; pg_ctlcluster {PG_VERSION} main start || true")
     log("d: bench role and databases in 15/main")
     for cluster_port in (5432,):
-        create_bench_databases(cluster_port, [scale for _, scale in size["workloads"]])
+        create_bench_databases(cluster_port, [scale for _workload, scale in size["workloads"]])
     log("d: site.yml with bench/lab-vars.yml (headroom's PostgreSQL and PgBouncer for the bench databases)")
     inventory = write_inventory(os.path.join(workdir, "inventory-d"), [DB], ["postgresql", "pgbouncer"], os.path.join(BENCH, "lab-vars.yml"))
-    site, _ = playbook(["-i", inventory, "site.yml"])
+    site, _output = playbook(["-i", inventory, "site.yml"])
     log(f"d: site.yml took {site['seconds']} s, changed={site['recap']['changed']}")
     if not sh(f"pg_lsclusters -h | grep -q '^{PG_VERSION} bench '", check=False).returncode == 0:
         log("a/b/c: creating cluster 15/bench with the distribution's defaults")
         sh(f"pg_createcluster {PG_VERSION} bench --port 5433 >/dev/null")
     sh(f"mkdir -p /etc/postgresql/{PG_VERSION}/bench/conf.d; pg_ctlcluster {PG_VERSION} bench start")
-    create_bench_databases(5433, [scale for _, scale in size["workloads"]])
+    create_bench_databases(5433, [scale for _workload, scale in size["workloads"]])
     # The seed's example uses a userlist: the bench role's SCRAM verifier, as stored by the server.
     verifier = psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'", port=5433)
     sh(f"printf '\"bench\" \"%s\"\\n' {quote(verifier)} > /etc/postgresql/bench-seed-userlist.txt; "
@@ -393,7 +392,7 @@ def restart_under_load(size, workdir):
     time.sleep(10)
     inventory = os.path.join(workdir, "inventory-d")
     log("restart: playbooks/restart.yml under load")
-    restart, _ = playbook(["-i", inventory, "playbooks/restart.yml"])
+    restart, _output = playbook(["-i", inventory, "playbooks/restart.yml"])
     # The restart only counts when pgbench was still running when the playbook ended.
     restart_under_load = bench.poll() is None
     bench.wait(timeout=seconds + 300)
@@ -447,7 +446,7 @@ def plan_cost(size, workdir, results, save):
         log(f"ansible: plan.yml on {count} generated hosts")
         start = time.monotonic()
         proc = subprocess.run(["ansible-playbook", "-i", directory, "playbooks/plan.yml"], capture_output=True, text=True,
-                              env=ansible_env(), cwd=ROOT, timeout=3600)
+                              env=ansible_env(), cwd=ROOT, timeout=3600, check=False)
         seconds = round(time.monotonic() - start, 1)
         results["plan"].append({
             "hosts": count, "seconds": seconds, "exit_code": proc.returncode,
@@ -474,8 +473,8 @@ def site_cost(size, workdir, results, save):
             if os.path.exists(cached):
                 os.remove(cached)
         inventory = write_inventory(os.path.join(workdir, f"inventory-site-{count}"), names, ["postgresql", "pgbouncer"])
-        first, _ = playbook(["-i", inventory, "site.yml"])
-        noop, _ = playbook(["-i", inventory, "site.yml"])
+        first, _output = playbook(["-i", inventory, "site.yml"])
+        noop, _output = playbook(["-i", inventory, "site.yml"])
         log(f"  first {first['seconds']} s ({first['tasks']} tasks), no-op {noop['seconds']} s changed={noop['recap']['changed']}")
         results["site"].append({"hosts": count, "first": first, "noop": noop})
         save()
@@ -513,7 +512,8 @@ def write_report(out):
               f"Transactions per point: {results['storm_transactions']} (at least {MIN_TRANSACTIONS_PER_CLIENT} per client), "
               "counted after every client logged in. Ceiling: best direct tps with at most "
               f"{CEILING_MAX_CLIENTS} clients: " + ", ".join(f"{k} {v:.0f} tps" for k, v in results.get("ceilings", {}).items()) + ".", "",
-              "| setup | workload | scale | clients | tps | ratio to ceiling | mean ms | p99 ms | failed txns | conn errors | peak backends | PG MB | PgBouncer MB |",
+              "| setup | workload | scale | clients | tps | ratio to ceiling | mean ms | p99 ms | failed txns | conn errors "
+              "| peak backends | PG MB | PgBouncer MB |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in results.get("storm", []):
         lines.append(f"| {p['setup']} | {p['workload']} | {p['scale']} | {p['clients']} | {fmt(p['tps'], 0)} | {fmt(p['ratio_to_ceiling'], 2)} | "
@@ -521,13 +521,13 @@ def write_report(out):
                      f"{fmt(p['peak_server_backends'], 0)} | {fmt(p['peak_postgresql_memory_mb'], 0)} | {fmt(p['peak_pgbouncer_memory_mb'], 0)} |")
     r = results.get("restart") or {}
     lines += ["", "## Restart under load", ""] + (["Not measured in this run."] if not r else [
-              f"pgbench ({r['workload']}, {r['clients']} clients, {r['seconds']} s) through headroom's PgBouncer while "
-              f"`playbooks/restart.yml` restarted PostgreSQL (postmaster restarted: {r['postmaster_restarted']}, "
-              f"playbook {r['restart_playbook_s']} s).", "",
-              "| failed transactions | aborted clients | longest stall (progress, s) | longest gap between commits (s) | tps | pgbench exit |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: |",
-              f"| {r['failed_transactions']} | {r['clients_aborted']} | {r['longest_stall_progress_s']} | {r['longest_gap_between_commits_s']} | "
-              f"{fmt(r['tps'], 0)} | {r['exit_code']} |"])
+        f"pgbench ({r['workload']}, {r['clients']} clients, {r['seconds']} s) through headroom's PgBouncer while "
+        f"`playbooks/restart.yml` restarted PostgreSQL (postmaster restarted: {r['postmaster_restarted']}, "
+        f"playbook {r['restart_playbook_s']} s).", "",
+        "| failed transactions | aborted clients | longest stall (progress, s) | longest gap between commits (s) | tps | pgbench exit |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {r['failed_transactions']} | {r['clients_aborted']} | {r['longest_stall_progress_s']} | {r['longest_gap_between_commits_s']} | "
+        f"{fmt(r['tps'], 0)} | {r['exit_code']} |"])
     a = results.get("ansible") or {"site": [], "plan": []}
     lines += ["", "## Ansible cost", "",
               "Controller CPU: user + system seconds of ansible-playbook and its forks (module runs in the containers not counted).", "",

@@ -25,7 +25,7 @@ echo "collection: run headroom.pg.postgresql against $container"
 docker rm -f "$container" >/dev/null 2>&1 || true
 docker run -d --name "$container" --cap-add SYS_ADMIN --cgroupns host \
   -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
-  headroom/debian:12 /lib/systemd/systemd >/dev/null
+  headroom/debian:12-baked /lib/systemd/systemd >/dev/null
 ansible-playbook -i inventory.yml playbook.yml
 
 echo "collection: the cluster answers"

@@ -12,5 +12,5 @@ def test_cluster_answers_select_1_over_its_socket(pg):
 
 
 def test_version_is_the_distributions_default(host, pg):
-    debian = host.file("/etc/debian_version").content_string.split(".")[0]
-    assert pg.version == {"12": 15, "13": 17}[debian]
+    codename = host.check_output(". /etc/os-release && echo $VERSION_CODENAME")
+    assert pg.version == {"bookworm": 15, "trixie": 17, "forky": 18}[codename]

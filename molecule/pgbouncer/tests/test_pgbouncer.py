@@ -20,8 +20,8 @@ RESERVE_POOL_SIZE = 2
 MAX_CLIENT_CONN = 1200
 PGBOUNCER_PORT = 6432
 TRANSACTIONS = 20  # per pgbench client through PgBouncer
-# host_vars in molecule.yml: Debian 13 (PgBouncer 1.24, [peers]) runs two processes.
-PROCESSES = {"headroom-pgbouncer-debian12": 1, "headroom-pgbouncer-debian13": 2}
+# host_vars in molecule.yml: Debian 13 and forky (PgBouncer 1.24 and 1.26, [peers]) run two processes.
+PROCESSES = {"headroom-pgbouncer-debian12": 1, "headroom-pgbouncer-debian13": 2, "headroom-pgbouncer-forky": 2}
 # The faults below run ansible-playbook against one platform only, to keep the scenario short.
 FAULT_HOST = "headroom-pgbouncer-debian12"
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def pgbench(host, clients, port, run, sample=False, superuser=False):
     ],
 )
 def test_direct_500_clients_run_out_of_connection_slots(host, superuser, message):
-    result, _ = pgbench(host, 500, cluster(host)["port"], "--time=5", superuser=superuser)
+    result, _samples = pgbench(host, 500, cluster(host)["port"], "--time=5", superuser=superuser)
     assert result.rc != 0, result.stdout
     assert message in result.stderr, result.stderr
 
@@ -372,7 +372,7 @@ def test_every_process_takes_tcp_clients(multi_host):
         return counts
 
     before = transactions()
-    result, _ = pgbench(multi_host, 60, PGBOUNCER_PORT, "--transactions=20")
+    result, _samples = pgbench(multi_host, 60, PGBOUNCER_PORT, "--transactions=20")
     assert result.rc == 0, result.stderr
     after = transactions()
     print(f"transactions per process: before {before}, after {after}")

@@ -2,7 +2,7 @@
 
 import pytest
 from ansible_collections.headroom.pg.plugins.filter.postgresql_sizing import effective_resources, pg_tune
-from ansible_collections.headroom.pg.plugins.module_utils.pg_units import parse_size
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import parse_size
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def expected(host, pg, memory_limit):
 
 def full_mode(host):
     """Debian 13 runs the scenario in config mode "full" (molecule.yml)."""
-    return host.file("/etc/debian_version").content_string.startswith("13")
+    return host.backend.get_hostname() == "headroom-tuning-debian13"
 
 
 @pytest.fixture
