@@ -445,6 +445,14 @@ ALIASES = {
     "ssl_ecdh_curve": ("ssl_groups", 18),
 }
 
+#: Booleans that became lists: from the version given, a boolean value is written as the
+#: list it stands for (PostgreSQL 18 docs, log_connections: "on" is kept for backward
+#: compatibility and means receipt, authentication and authorization).
+BOOLEAN_TO_LIST = {
+    "log_connections": (18, "receipt,authentication,authorization"),
+}
+_TRUE, _FALSE = frozenset(["on", "true", "yes", "1"]), frozenset(["off", "false", "no", "0"])
+
 #: Read-only parameters (context ``internal``): a configuration file may not set them.
 READ_ONLY = frozenset(
     [
@@ -551,6 +559,15 @@ def canonical_name(name, version):
     """The parameter an alias stands for on ``version`` (``sort_mem`` -> ``work_mem``), else ``name``."""
     target, since = ALIASES.get(name, (name, 0))
     return target if version >= since else name
+
+
+def version_value(name, value, version):
+    """``value`` as ``version`` spells it: a boolean for a parameter that became a list there, as that list."""
+    since, listed = BOOLEAN_TO_LIST.get(name, (None, None))
+    if since is None or version < since:
+        return value
+    word = str(value).strip().lower()  # True and False too
+    return listed if word in _TRUE else "" if word in _FALSE else value
 
 
 def memory_range(name, version):

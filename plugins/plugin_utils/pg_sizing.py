@@ -55,6 +55,7 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_parameters import (
     check_version,
     known_parameters,
     memory_range,
+    version_value,
 )
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import (
     BLOCK,
@@ -218,7 +219,7 @@ def _check_overrides(overrides, version, memory):
         size_range = memory_range(name, version)
         if size_range:
             _check_memory_value(name, raw_name, value, size_range)
-        pinned[name] = value
+        pinned[name] = version_value(name, value, version)
     if "shared_buffers" in pinned and _size_of(pinned["shared_buffers"], "shared_buffers") >= memory:
         raise AnsibleFilterError(
             f"overrides.shared_buffers {pinned['shared_buffers']!r} is not below the usable memory of "

@@ -8,6 +8,7 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_parameters import (
     check_version,
     known_parameters,
     memory_range,
+    version_value,
 )
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import stable_usable
 
@@ -88,3 +89,21 @@ def test_a_version_may_be_a_string_of_digits():
 )
 def test_stable_usable(sentence, usable, expected):
     assert stable_usable(usable) == expected, sentence
+
+
+@pytest.mark.parametrize(
+    "sentence, value, version, expected",
+    [
+        ("PostgreSQL 17 keeps the boolean", True, 17, True),
+        ("PostgreSQL 18 writes true as the three stages 'on' stands for", True, 18, "receipt,authentication,authorization"),
+        ("PostgreSQL 18 writes 'on' the same way", "on", 18, "receipt,authentication,authorization"),
+        ("PostgreSQL 18 writes false as no stage", False, 18, ""),
+        ("a list given for PostgreSQL 18 stays as given", "receipt,authorization", 18, "receipt,authorization"),
+    ],
+)
+def test_log_connections_is_spelt_as_the_version_reads_it(sentence, value, version, expected):
+    assert version_value("log_connections", value, version) == expected, sentence
+
+
+def test_other_parameters_keep_their_value():
+    assert version_value("log_disconnections", True, 18) is True
