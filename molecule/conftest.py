@@ -61,3 +61,13 @@ def memory_limit(host):
         text=True,
     )
     return int(out.stdout.strip())
+
+
+def pytest_collection_modifyitems(items):
+    """Group each test by its host, so that pytest-xdist (``--dist loadgroup``, set in the
+    scenarios' verifier options) runs one host's tests in order on one worker while the
+    hosts run side by side: a scenario's hosts are separate containers."""
+    for item in items:
+        host = getattr(item, "callspec", None) and item.callspec.params.get("_testinfra_host")
+        if host is not None:
+            item.add_marker(pytest.mark.xdist_group(host.backend.get_hostname()))
