@@ -171,7 +171,7 @@ def write_report(results, out):
              f"Server: PostgreSQL {results['postgresql']}, {results['server_memory']}, tuned by pg_tune; PgBouncer and "
              "pgbench on a client container. tps without the initial connection time.", "",
              "| server CPUs | workload | scale | clients | " + " | ".join(f"pool {n}" for n in size["pools"]) + " | best |",
-             "| ---: | --- | ---: | ---: | " + " | ".join("---:" for _ in size["pools"]) + " | ---: |"]
+             "| ---: | --- | ---: | ---: | " + " | ".join("---:" for _pool in size["pools"]) + " | ---: |"]
     by_key = {}
     for p in results["points"]:
         by_key.setdefault((p["server_cpus"], p["workload"], p["scale"], p["clients"]), {})[p["pool"]] = p
@@ -198,7 +198,7 @@ def plot(results, out):
             series = sorted((p["pool"], p["tps"]) for p in results["points"]
                             if (p["workload"], p["scale"], p["server_cpus"], p["clients"]) == (workload, scale, cpus, clients))
             ax.plot([s[0] for s in series], [s[1] for s in series], marker="o",
-                    linestyle="-" if cpus == max(c for c, _ in lines) else "--", label=f"{cpus} CPU, {clients} clients")
+                    linestyle="-" if cpus == max(c for c, _clients in lines) else "--", label=f"{cpus} CPU, {clients} clients")
         ax.set_title(f"{workload}, scale {scale}")
         ax.set_xlabel("default_pool_size")
         ax.set_ylabel("tps")
