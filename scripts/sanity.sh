@@ -15,10 +15,11 @@
 #   checkout, cannot serve: ansible-test reads the working directory with getcwd(), which
 #   resolves the link to the checkout itself.
 # * --local --python X.Y: ansible-test runs in the current environment (.venv: `make lint` puts
-#   it first on PATH) and tests only that virtualenv's Python version X.Y (3.11). Each test with requirements of its own
+#   it first on PATH) and tests only that virtualenv's Python version X.Y (3.11). Each test
+#   with requirements of its own
 #   (pylint, pep8, import, ...) gets a virtualenv under ~/.ansible/test/venv/, created without
 #   pip; ansible-test then bootstraps pip in it with a get-pip.py it downloads from
-#   ci-files.testing.ansible.com and caches as ~/.ansible/test/cache/get_pip_<version>.py. That
+#   the Ansible project's CI file server and caches as ~/.ansible/test/cache/get_pip_<version>.py. That
 #   host is not reachable from here, so when the cache has no script this writes one there: it
 #   runs the pip wheel bundled with the interpreter's own ensurepip to install the pip version
 #   ansible-test asks for. The pip release and the tests' pinned requirements (pylint, astroid,
