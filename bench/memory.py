@@ -10,8 +10,9 @@ connections over the socket with pgbench:
 
 - idle: connected, one SELECT 1 run, then idle (the pgbench script sleeps client-side);
 - select-only and tpcb-like: pgbench's built-in scripts, for some seconds;
-- catalog: each connection touches every one of a few thousand tables (one plpgsql loop of
-  dynamic SELECTs), so its relation and catalog caches hold them all, then stays connected.
+- catalog: each connection touches every one of a few thousand tables (a plpgsql loop of
+  dynamic SELECTs, one transaction each), so its relation and catalog caches hold them all,
+  then stays connected.
 
 The memory is the container's cgroup v1 memory controller, read from the machine: usage minus
 the file page cache (active_file + inactive_file), as the storm measures PostgreSQL. Shared
@@ -97,11 +98,12 @@ class Server:
         self.psql("CREATE DATABASE catalog")
         self.psql(f"DO $$BEGIN FOR i IN 1..{tables} LOOP "
                   "EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i); END LOOP; END$$", db="catalog")
-        self.psql(f"CREATE FUNCTION touch_all() RETURNS int LANGUAGE plpgsql AS $$BEGIN FOR i IN 1..{tables} LOOP "
-                  "EXECUTE format('SELECT 1 FROM t%s LIMIT 1', i); END LOOP; RETURN {tables}; END$$".replace("{tables}", str(tables)),
-                  db="catalog")
+        # One transaction per table: a single one would hold a lock on every table at once and
+        # run the shared lock table out of memory with many clients.
+        self.psql(f"CREATE PROCEDURE touch_all() LANGUAGE plpgsql AS $$BEGIN FOR i IN 1..{tables} LOOP "
+                  "EXECUTE format('SELECT 1 FROM t%s LIMIT 1', i); COMMIT; END LOOP; END$$", db="catalog")
         self.sh("mkdir -p /var/lib/postgresql/bench && printf 'SELECT 1;\\n\\\\sleep 1000 s\\n' > /var/lib/postgresql/bench/idle.sql && "
-                "printf 'SELECT touch_all();\\n\\\\sleep 1000 s\\n' > /var/lib/postgresql/bench/catalog.sql")
+                "printf 'CALL touch_all();\\n\\\\sleep 1000 s\\n' > /var/lib/postgresql/bench/catalog.sql")
         # Warm the shared buffers, so that the baselines count them.
         self.sh(f"runuser -u postgres -- {self.bin}/pgbench -n -S -c 4 -T 10 bench >/dev/null")
 
@@ -152,6 +154,8 @@ def measure(server, workload, clients, seconds):
     # is active any more), then for `seconds` more.
     while time.monotonic() < deadline and runner.is_alive():
         peak = max(peak, server.memory())
+        if "aborted" in server.sh("cat /tmp/pgbench.log", check=False).stdout:
+            break
         if ready_at is None and server.client_backends(db) >= clients and (
                 workload != "catalog" or server.client_backends(db, state="active") == 0):
             ready_at = time.monotonic()
