@@ -244,6 +244,46 @@ def fingerprint():
     return state
 
 
+def live_state():
+    """What a run could change: every file headroom manages (checksum, mode, owner), the running settings,
+    the postmaster's start and last reload, PgBouncer's PIDs and live settings."""
+    state = {}
+    files = ("find /etc/postgresql /etc/pgbouncer /etc/systemd/system -type f "
+             "\\( -path '/etc/systemd/system/pgbouncer*' -o ! -path '/etc/systemd/*' \\) "
+             "-exec stat -c '%n %a %U %G' {} + -exec sha256sum {} + 2>/dev/null | sort")
+    for name in (DB1, DB2, PGB1, PGB2):
+        state[f"{name}:files"] = node(name).check_output(files)
+    for name in (DB1, DB2):
+        state[f"{name}:settings"] = sql(name, "SELECT json_object_agg(name, setting ORDER BY name) FROM pg_settings")
+        state[f"{name}:start and reload"] = sql(name, "SELECT pg_postmaster_start_time(), pg_conf_load_time()")
+    for name in (PGB1, PGB2):
+        state[f"{name}:pid"] = node(name).check_output("systemctl show --property=MainPID --value pgbouncer.service")
+        state[f"{name}:config"] = node(name).check_output(
+            "/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s", "SHOW CONFIG")
+    return state
+
+
+def test_check_diff_shows_a_change_and_changes_nothing():
+    """The README's step before a real fleet changes: site.yml --check --diff with new inputs.
+
+    A web -> oltp profile raises max_wal_size on both servers, and a longer server_idle_timeout
+    changes both pgbouncer.ini files: the diff shows both, and no file, running value, postmaster,
+    reload or PgBouncer process changes on any host.
+    """
+    before = live_state()
+    result = playbook("site.yml", "--check", "--diff", "-e", "postgresql_tuning_profile=oltp",
+                      "-e", "pgbouncer_server_idle_timeout=601")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "[WARNING]" not in output, output
+    assert live_state() == before
+    live_wal = sql(DB1, "SHOW max_wal_size")
+    changed = [line for line in output.splitlines() if line.startswith("+max_wal_size = ")]
+    assert len(changed) >= 2 and all(line != f"+max_wal_size = {live_wal}" for line in changed), output
+    assert output.count("+server_idle_timeout = 601") >= 2, output
+    assert "-server_idle_timeout = 600" in output, output
+
+
 def test_pools_over_a_servers_ceiling_fail_before_any_host_changes():
     before = fingerprint()
     result = playbook("site.yml", inventories=[Path(__file__).parents[1] / "inventory" / "over-budget"])

@@ -2,7 +2,7 @@
 
 Each test asserts on live state: pgbench runs against the server directly and through
 PgBouncer, the admin console answers, the files on disk are what the role promised.
-The pool sizes below are the ones converge.yml asks for (server_cpus 2 -> 2 x 2 + 1).
+The pool sizes below are the ones the scenario's group_vars ask for (server_cpus 2 -> 2 x 2 + 1).
 """
 
 import json
@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -65,11 +66,18 @@ def name(host):
     return host.backend.get_hostname()
 
 
-def playbook(host, *args):
+def playbook(host, *args, path=SCENARIO / "converge.yml"):
     """Run converge.yml on this host alone with molecule's inventory and config; stdout holds all output."""
+    return ansible_playbook(path, "--limit", name(host), *args)
+
+
+def ansible_playbook(path, *args, inventories=()):
+    """Run a playbook with molecule's inventory (then ``inventories``) and config; stdout holds all output."""
     ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
-    command = ["ansible-playbook", "-i", str(ephemeral / "inventory"), "--limit", name(host),
-               str(SCENARIO / "converge.yml"), *args]
+    command = ["ansible-playbook", "-i", str(ephemeral / "inventory")]
+    for extra in inventories:
+        command += ["-i", str(extra)]
+    command += [str(path), *args]
     env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=900, check=False)
@@ -342,6 +350,64 @@ def test_candidate_check_refuses_a_file_pgbouncer_cannot_load(host, edit, loads)
         assert "cannot load config file" in result.stderr
 
 
+# capacity.yml where PgBouncer runs beside its server (the lab's db1): each host is in groups
+# postgresql and pgbouncer, and the report holds both its slots and its pools.
+CAPACITY_DIRECT, CAPACITY_POOLED = 3, 2  # idle sessions per host, straight to PostgreSQL and through PgBouncer
+
+
+@pytest.fixture
+def capacity_run(host, tmp_path):
+    """Idle sessions on this host, then capacity.yml on it and localhost (the hosts' tests run side by
+    side): (result, report dir, backends)."""
+    for app, port, count in (("capacity-direct", cluster(host)["port"], CAPACITY_DIRECT),
+                             ("capacity-pooled", PGBOUNCER_PORT, CAPACITY_POOLED)):
+        for _session in range(count):  # psql ends by itself when its stdin (sleep) closes
+            host.check_output(f"PGAPPNAME={app} PGPASSWORD={PASSWORD} nohup sh -c 'sleep 120 | psql -X -h 127.0.0.1 "
+                              f"-p {port} -U bench -d bench' >/dev/null 2>&1 &")
+    for _attempt in range(50):
+        if client_backends(host, "capacity-direct") == CAPACITY_DIRECT and pooled_clients(host) == CAPACITY_POOLED:
+            break
+        time.sleep(0.2)
+    before = client_backends(host)
+    # The playbook's plays use become; the containers have no sudo and the connection is root already.
+    result = ansible_playbook(PROJECT / "playbooks" / "capacity.yml", "--limit", f"{name(host)},localhost",
+                              "-e", f"connection_budget_report_dir={tmp_path}", "-e", "ansible_become=false",
+                              inventories=[SCENARIO / "inventory" / "beside-server"])
+    assert client_backends(host) == before, "sessions changed during the run; counts are not comparable"
+    return result, tmp_path, before
+
+
+def client_backends(host, app=None):
+    """Client sessions on the server (of application ``app``), the counting query's own left out."""
+    where = f" AND application_name = '{app}'" if app else ""
+    return int(host.check_output(
+        "runuser -u postgres -- psql -XAtq -c %s",
+        f"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid(){where}",
+    ))
+
+
+def pooled_clients(host):
+    """Clients of the bench role's pool over every running PgBouncer process (SHOW CLIENTS)."""
+    return sum(1 for unit in units(host) for row in console(host, "SHOW CLIENTS", unit)
+               if (row["database"], row["user"]) == ("bench", "bench"))
+
+
+def test_capacity_reports_the_server_and_the_pgbouncer_beside_it(host, capacity_run):
+    result, report_dir, backends = capacity_run
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = json.loads((report_dir / "capacity.json").read_text())
+    server = report["servers"][name(host)]
+    assert (server["max_connections"], server["reserved"]) == (100, 3)
+    assert server["used"] == backends
+    assert server["free"] == 100 - 3 - backends
+    assert server["by_application"]["capacity-direct"] == CAPACITY_DIRECT
+    bench = [pool for pool in report["poolers"][name(host)]["pools"] if pool["database"] == "bench"]
+    assert {pool["unit"] for pool in bench} <= set(units(host))  # a process makes a pool on first use
+    assert sum(pool["clients_active"] for pool in bench if pool["user"] == "bench") == CAPACITY_POOLED
+    assert sum(pool["clients_waiting"] for pool in bench) == 0
+    assert f"| {name(host)} | no | 100 | 3 | {backends} |" in (report_dir / "capacity.md").read_text()
+
+
 # Several processes (Debian 13): own unit, socket directory, pidfile and log each,
 # sharing the port with so_reuseport, and [peers] so a cancel request reaches the
 # process that runs the query whichever process the kernel hands it to.
@@ -400,6 +466,84 @@ def test_cancel_requests_reach_the_query_whichever_process_gets_them(multi_host)
         elapsed = int(re.search(r"elapsed=(\d+)", result.stdout).group(1))
         assert "canceling statement due to user request" in result.stderr, (attempt, result.stderr)
         assert elapsed < 10, (attempt, elapsed)
+
+
+# Changing the number of processes (Debian 13 only, to keep the scenario short; resize.yml
+# lets the 2-core machines run 3): each run
+# leaves exactly the new processes running and enabled, one listener each on the port, their
+# peers, and no unit, ini file or runtime directory of a dropped one.
+RESIZE_HOST = "headroom-pgbouncer-debian13"
+
+
+def numbered_leftovers(host):
+    """Files of numbered processes: ini files (and last good copies), runtime dirs, units and their links."""
+    out = host.check_output(
+        "ls -d /etc/pgbouncer/pgbouncer-*.ini* /run/pgbouncer-* /etc/systemd/system/pgbouncer@* "
+        "/etc/systemd/system/*.wants/pgbouncer@* 2>/dev/null || true"
+    )
+    return sorted(out.split())
+
+
+def listeners(host):
+    """Processes listening on PgBouncer's TCP port: one socket each with so_reuseport (/proc/net/tcp)."""
+    port = f"{PGBOUNCER_PORT:04X}"
+    return [line for line in host.file("/proc/net/tcp").content_string.splitlines()[1:]
+            if line.split()[3] == "0A" and line.split()[1].endswith(f":{port}")]
+
+
+def assert_runs_exactly(host, processes):
+    numbers = range(1, processes + 1)
+    want = ["pgbouncer.service"] if processes == 1 else [f"pgbouncer@{n}.service" for n in numbers]
+    assert units(host) == want
+    loaded = host.check_output("systemctl list-units --all --plain --no-legend 'pgbouncer@*.service'")
+    assert sorted(line.split()[0] for line in loaded.splitlines() if line.strip()) == (want if processes > 1 else [])
+    for unit in want:
+        assert host.service(unit).is_enabled, unit
+    assert host.service("pgbouncer.service").is_enabled == (processes == 1)
+    assert len(listeners(host)) == processes, listeners(host)
+    files = [] if processes == 1 else sorted(
+        [f"/etc/pgbouncer/pgbouncer-{n}.ini" for n in numbers]
+        + [f"/etc/pgbouncer/pgbouncer-{n}.ini.last-good" for n in numbers]
+        + [f"/run/pgbouncer-{n}" for n in numbers]
+        + ["/etc/systemd/system/pgbouncer@.service", "/etc/systemd/system/pgbouncer@.service.d"]
+        + [f"/etc/systemd/system/multi-user.target.wants/pgbouncer@{n}.service" for n in numbers]
+    )
+    assert numbered_leftovers(host) == files
+    for unit in want:
+        live = live_config(host, unit)
+        assert live["so_reuseport"] == ("1" if processes > 1 else "0"), unit
+        assert live["max_client_conn"] == str(MAX_CLIENT_CONN), unit
+        if processes > 1:
+            assert sorted(row["peer_id"] for row in console(host, "SHOW PEERS", unit)) == [str(n) for n in numbers]
+    result = login(host)
+    assert (result.rc, result.stdout.strip()) == (0, "1"), result.stderr
+
+
+def test_dropping_processes_without_pgbouncer_allow_restart_is_refused(host):
+    if name(host) != RESIZE_HOST:
+        pytest.skip(f"the resize runs on {RESIZE_HOST}")
+    before = {unit: main_pid(host, unit) for unit in units(host)}, numbered_leftovers(host)
+    result = playbook(host, "-e", "pgbouncer_processes=1")
+    assert result.returncode != 0
+    assert ("1 PgBouncer process(es) (pgbouncer_processes 1 or the sizing engine) replace pgbouncer@1.service, "
+            "pgbouncer@2.service: that stops pgbouncer@1.service, pgbouncer@2.service") in result.stdout, result.stdout
+    assert ({unit: main_pid(host, unit) for unit in units(host)}, numbered_leftovers(host)) == before
+
+
+def test_changing_the_number_of_processes_runs_exactly_the_new_ones(host):
+    """2 -> 1 (autobase#861: the numbered processes kept the port), 1 -> 2, 2 -> 3, 3 -> 1, back to 2."""
+    if name(host) != RESIZE_HOST:
+        pytest.skip(f"the resize runs on {RESIZE_HOST}")
+    try:
+        for processes in (1, 2, 3, 1):
+            result = playbook(host, "-e", f"pgbouncer_processes={processes}", "-e", "pgbouncer_allow_restart=true",
+                              path=SCENARIO / "resize.yml")
+            assert result.returncode == 0, (processes, result.stdout[-3000:])
+            assert_runs_exactly(host, processes)
+    finally:
+        restored = playbook(host, "-e", "pgbouncer_allow_restart=true")
+        assert restored.returncode == 0, restored.stdout[-3000:]
+    assert_runs_exactly(host, PROCESSES[name(host)])
 
 
 # Faults. Each runs the role (converge.yml) again on the single-process platform and
