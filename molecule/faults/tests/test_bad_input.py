@@ -73,6 +73,7 @@ CASES = {
     "local preload library outside plugins": (
         TUNING, {"postgresql_tuning_overrides": {"local_preload_libraries": "auto_explain"}},
         "postgresql_tuning_overrides.local_preload_libraries"),
+    "backups kept negative": (TUNING, {"postgresql_tuning_backups_kept": -1}, "postgresql_tuning_backups_kept"),
     "include file outside the directory": (
         TUNING, {"postgresql_tuning_include_file": "../postgresql.conf"}, "postgresql_tuning_include_file"),
     "include file with a newline": (
