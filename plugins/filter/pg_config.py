@@ -1,11 +1,13 @@
 """Write values into postgresql.conf safely, and compare them with what the server runs.
 
-Two jobs the tuning role needs beside the sizing engine:
+Three jobs the tuning role needs beside the sizing engine:
 
 * ``pg_conf_value``: render one value for ``name = value`` so that no input can
   end the line or start another parameter (PostgreSQL's quoting: single quotes,
   a quote or a backslash doubled, as ALTER SYSTEM writes postgresql.auto.conf with
   src/port/quotes.c; the file's lexer reads a backslash as an escape).
+* ``pg_library_files``: the files the ``*_preload_libraries`` settings make the server
+  load, so the role can refuse a library that is not installed before it writes.
 * ``pg_settings_diff``: which configured values differ from the running ones in
   ``pg_settings``, comparing as PostgreSQL does: ``'4GB'`` equals ``'4096MB'``
   equals 524288 blocks of 8kB, ``'10min'`` equals 600000 ms, ``on`` equals
@@ -114,11 +116,75 @@ def pg_settings_diff(configured, running_rows):
     return differences
 
 
+#: The settings that name libraries the server loads, at start or at each login.
+PRELOAD_SETTINGS = ("shared_preload_libraries", "session_preload_libraries", "local_preload_libraries")
+
+#: Library shared object suffix on Linux (DLSUFFIX), tried after the name as given.
+_DLSUFFIX = ".so"
+
+
+def _split_list(value):
+    """Entries of a list setting as the server splits them (SplitDirectoriesString): commas,
+    surrounding blanks dropped, double quotes around an entry (a doubled one stands for itself)."""
+    entries, current, quoted, i = [], "", False, 0
+    text = str(value)
+    while i < len(text):
+        char = text[i]
+        if char == '"' and quoted and text[i + 1:i + 2] == '"':
+            current, i = current + '"', i + 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            entries.append(current.strip())
+            current = ""
+        else:
+            current += char
+        i += 1
+    entries.append(current.strip())
+    return [entry for entry in entries if entry]
+
+
+def pg_library_files(settings, libdir):
+    """For each library the preload settings in ``settings`` name, the files the server would try to load.
+
+    As PostgreSQL's dfmgr.c does with dynamic_library_path at its default ($libdir): a bare name
+    is looked for in ``libdir``, ``$libdir/...`` and other paths as given, each as written and
+    then with ``.so``. local_preload_libraries takes bare names from ``$libdir/plugins`` only and
+    refuses paths anywhere else (check_restricted_library_name); such an entry gets no files.
+    Returns ``[{"setting": name, "library": entry, "files": [...]}]``.
+    """
+    return [
+        {"setting": name, **library}
+        for name in PRELOAD_SETTINGS
+        if name in settings
+        for library in _library_files(settings[name], name, str(libdir).rstrip("/"))
+    ]
+
+
+def _library_files(value, name, libdir):
+    plugins = name == "local_preload_libraries"
+    found = []
+    for entry in _split_list(value):
+        path = entry
+        if "/" not in path:
+            path = f"$libdir/plugins/{path}" if plugins else f"$libdir/{path}"
+        if plugins and (not path.startswith("$libdir/plugins/") or "/" in path[len("$libdir/plugins/"):]):
+            found.append({"library": entry, "files": []})
+            continue
+        if path.startswith("$libdir/") or path == "$libdir":
+            path = libdir + path[len("$libdir"):]
+        files = [path] if path.endswith(_DLSUFFIX) else [path, path + _DLSUFFIX]
+        found.append({"library": entry, "files": files})
+    return found
+
+
 class FilterModule:
     """Filters for postgresql.conf values."""
 
     def filters(self):
         return {
             "pg_conf_value": pg_conf_value,
+            "pg_library_files": pg_library_files,
             "pg_settings_diff": pg_settings_diff,
         }

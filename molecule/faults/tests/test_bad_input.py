@@ -61,6 +61,18 @@ CASES = {
         TUNING, {"postgresql_tuning_overrides": {"max_connections": 500}}, "postgresql_tuning_max_connections"),
     "override shared_buffers above memory": (
         TUNING, {"postgresql_tuning_overrides": {"shared_buffers": "64TB"}}, "postgresql_tuning_overrides.shared_buffers"),
+    # Preload libraries pass postgres -C and a reload, then stop the server or every login: not installed, refused.
+    "shared preload library not installed": (
+        TUNING, {"postgresql_tuning_overrides": {"shared_preload_libraries": "headroom_missing_lib"}},
+        "postgresql_tuning_overrides.shared_preload_libraries"),
+    "session preload library not installed": (
+        TUNING, {"postgresql_tuning_overrides": {"session_preload_libraries": "auto_explain, headroom_missing_lib"}},
+        "postgresql_tuning_overrides.session_preload_libraries"),
+    # Installed in $libdir, but local_preload_libraries only loads from $libdir/plugins.
+    "local preload library outside plugins": (
+        TUNING, {"postgresql_tuning_overrides": {"local_preload_libraries": "auto_explain"}},
+        "postgresql_tuning_overrides.local_preload_libraries"),
+    "backups kept negative": (TUNING, {"postgresql_tuning_backups_kept": -1}, "postgresql_tuning_backups_kept"),
     "include file outside the directory": (
         TUNING, {"postgresql_tuning_include_file": "../postgresql.conf"}, "postgresql_tuning_include_file"),
     "include file with a newline": (
