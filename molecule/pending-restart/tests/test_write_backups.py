@@ -5,10 +5,10 @@ import pytest
 from conftest import SCENARIO, ansible_playbook
 
 
-@pytest.fixture(scope="module")
-def writes():
-    """Five writes on every host, with two backups kept (writes.yml)."""
-    result = ansible_playbook(SCENARIO / "writes.yml")
+@pytest.fixture
+def writes(host):
+    """Five writes on this host, with two backups kept (writes.yml); the hosts' tests run side by side."""
+    result = ansible_playbook(SCENARIO / "writes.yml", limit=host.backend.get_hostname())
     assert result.returncode == 0, result.output[-3000:]
     return result
 
