@@ -63,6 +63,7 @@ def memory_limit(host):
     return int(out.stdout.strip())
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """Group each test by its host, so that pytest-xdist (``--dist loadgroup``, set in the
     scenarios' verifier options) runs one host's tests in order on one worker while the
