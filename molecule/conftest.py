@@ -1,10 +1,14 @@
 """Fixtures the scenarios' testinfra tests share: the cluster, SQL, the container's limits."""
 
 import json
+import os
+import re
 import subprocess
 from dataclasses import dataclass
 
 import pytest
+import yaml
+from xdist.scheduler import LoadScopeScheduling
 
 
 @dataclass
@@ -63,12 +67,26 @@ def memory_limit(host):
     return int(out.stdout.strip())
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    """Group each test by its host, so that pytest-xdist (``--dist loadgroup``, set in the
-    scenarios' verifier options) runs one host's tests in order on one worker while the
-    hosts run side by side: a scenario's hosts are separate containers."""
-    for item in items:
-        host = getattr(item, "callspec", None) and item.callspec.params.get("_testinfra_host")
-        if host is not None:
-            item.add_marker(pytest.mark.xdist_group(host.backend.get_hostname()))
+class _OneWorkerPerHost(LoadScopeScheduling):
+    """pytest-xdist scheduling that keeps one host's tests together, in order, on one worker,
+    while the hosts run side by side: a scenario's hosts are separate containers. The scope
+    of a test is the molecule host its id names (testinfra ids are ``ansible://HOST``, with
+    the test's own parameters after it)."""
+
+    def __init__(self, config, log=None):
+        super().__init__(config, log)
+        with open(os.environ["MOLECULE_INVENTORY_FILE"], encoding="utf-8") as handle:
+            hosts = yaml.safe_load(handle)["all"]["hosts"]
+        # Longest first, so that a host whose name extends another's is not taken for it.
+        self._hosts = re.compile("|".join(re.escape(f"://{name}") for name in sorted(hosts, key=len, reverse=True)))
+
+    def _split_scope(self, nodeid):
+        found = self._hosts.search(nodeid)
+        return found.group(0) if found else nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Verifier option ``dist: loadscope`` (the shared molecule config) means one worker per host."""
+    if config.getvalue("dist") == "loadscope" and "MOLECULE_INVENTORY_FILE" in os.environ:
+        return _OneWorkerPerHost(config, log)
+    return None
