@@ -22,14 +22,14 @@ memory (USS: Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of the cli
 sampled while they are all connected.
 """
 
-import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import threading
 import time
+
+from part import logger, main, run
 
 RELEASES = {"12": 15, "13": 17, "forky": 18}
 SIZES = {
@@ -42,15 +42,7 @@ WORKLOADS = ["idle", "select-only", "tpcb-like", "catalog"]
 MB = 2**20
 
 
-def log(message):
-    print(f"[memory {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run(argv, check=True, timeout=1800):
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return result
+log = logger("memory")
 
 
 class Server:
@@ -77,20 +69,18 @@ class Server:
         run(["docker", "run", "-d", "--name", self.name, "--hostname", self.name, "--cap-add", "SYS_ADMIN",
              "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp", *init])
         self.id = run(["docker", "inspect", "--format", "{{.Id}}", self.name]).stdout.strip()
-        for _attempt in range(120):
-            if self.sh("runuser -u postgres -- psql -XAtqc 'SELECT 1' 2>/dev/null", check=False).stdout.strip() == "1":
-                break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"{self.name}: PostgreSQL did not answer")
+        self.wait_until_it_answers("PostgreSQL did not answer")
         self.sh(f"printf 'max_connections = {max_connections}\\nlog_connections = off\\n' "
                 f"> /etc/postgresql/{self.version}/main/conf.d/90-bench.conf && "
                 f"systemctl restart postgresql@{self.version}-main")
+        self.wait_until_it_answers(f"PostgreSQL did not come back with max_connections = {max_connections}")
+
+    def wait_until_it_answers(self, failure):
         for _attempt in range(120):
             if self.sh("runuser -u postgres -- psql -XAtqc 'SELECT 1' 2>/dev/null", check=False).stdout.strip() == "1":
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"{self.name}: PostgreSQL did not come back with max_connections = {max_connections}")
+        raise RuntimeError(f"{self.name}: {failure}")
 
     def prepare(self, scale, tables):
         self.psql("CREATE DATABASE bench")
@@ -241,20 +231,5 @@ def check(out):
     return 0
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run")
-    run_parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    run_parser.add_argument("--out", required=True)
-    sub.add_parser("check").add_argument("out")
-    args = parser.parse_args()
-    if args.command == "check":
-        return check(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    run_all(SIZES[args.size], args.out)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, SIZES, run_all, check))

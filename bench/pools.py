@@ -12,14 +12,14 @@ count (10, 100, 1000), every pool size in POOLS serves the same number of transa
 point records tps without the initial connection time, as the storm does.
 """
 
-import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from part import logger, main, run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,15 +46,7 @@ SIZES = {
 POINT_TIMEOUT = 300
 
 
-def log(message):
-    print(f"[pools {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run(argv, check=True, timeout=3600):
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return result
+log = logger("pools")
 
 
 def sh(container, script, check=True, timeout=3600):
@@ -232,20 +224,5 @@ def check(out):
     return 0
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run")
-    run_parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    run_parser.add_argument("--out", required=True)
-    sub.add_parser("check").add_argument("out")
-    args = parser.parse_args()
-    if args.command == "check":
-        return check(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    sweep(SIZES[args.size], args.out)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__, SIZES, sweep, check))
