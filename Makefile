@@ -83,6 +83,8 @@ bench: setup
 	$(BIN)/python bench/memory.py check $(BENCH_OUT)
 	$(BIN)/python bench/pools.py run --size full --out $(BENCH_OUT)
 	$(BIN)/python bench/pools.py check $(BENCH_OUT)
+	$(BIN)/python bench/ceiling.py run --size full --out $(BENCH_OUT)
+	$(BIN)/python bench/ceiling.py check $(BENCH_OUT)
 
 bench-smoke: setup
 	$(call stage,bench-smoke: every benchmark on a tiny size, result files checked)
@@ -92,6 +94,8 @@ bench-smoke: setup
 	$(BIN)/python bench/memory.py check reports/bench-smoke
 	$(BIN)/python bench/pools.py run --size smoke --out reports/bench-smoke
 	$(BIN)/python bench/pools.py check reports/bench-smoke
+	$(BIN)/python bench/ceiling.py run --size smoke --out reports/bench-smoke
+	$(BIN)/python bench/ceiling.py check reports/bench-smoke
 
 # bench-smoke last: it brings the lab up and converges db1 with the bench databases.
 # A failed stage stops the run; the times so far are printed either way.

@@ -45,6 +45,16 @@ SIZES = {
 }
 POINT_TIMEOUT = 300
 
+#: Pool rules compared in the report: default_pool_size from the server's CPUs.
+RULES = {
+    "2 x CPUs + 1 (PostgreSQL wiki, headroom before)": lambda cpus: 2 * cpus + 1,
+    "20 (the seed's config, PgBouncer's default)": lambda cpus: 20,
+    "2 x CPUs + 6": lambda cpus: 2 * cpus + 6,
+    "4 x CPUs + 4": lambda cpus: 4 * cpus + 4,
+    "4 x CPUs + 6": lambda cpus: 4 * cpus + 6,
+    "8 x CPUs": lambda cpus: 8 * cpus,
+}
+
 
 log = logger("pools")
 
@@ -171,9 +181,39 @@ def write_report(results, out):
     for key, row in by_key.items():
         cells = " | ".join(f"{row[n]['tps']:.0f}" if n in row else "-" for n in size["pools"])
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {cells} | {best[key]['pool']} |")
+    lines += ["", "Each rule's tps as a share of the best pool of its row (linear between measured pool sizes), "
+              "lowest and mean over the rows of each server CPU limit:", "",
+              "| rule | " + " | ".join(f"{cpus} CPU: lowest | {cpus} CPU: mean" for cpus in size["cpus"]) + " |",
+              "| --- | " + " | ".join("---: | ---:" for _cpus in size["cpus"]) + " |"]
+    for name, shares in rule_shares(by_key, best).items():
+        cells = " | ".join(f"{min(shares[cpus]):.2f} | {sum(shares[cpus]) / len(shares[cpus]):.2f}" for cpus in size["cpus"])
+        lines.append(f"| {name} | {cells} |")
     with open(os.path.join(out, "pools.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     plot(results, out)
+
+
+def tps_at(row, pool):
+    """tps of a row at ``pool``, linear between the two measured pool sizes around it."""
+    sizes = sorted(row)
+    pool = min(max(pool, sizes[0]), sizes[-1])
+    below = max(size for size in sizes if size <= pool)
+    above = min(size for size in sizes if size >= pool)
+    if below == above:
+        return row[below]["tps"]
+    weight = (pool - below) / (above - below)
+    return row[below]["tps"] * (1 - weight) + row[above]["tps"] * weight
+
+
+def rule_shares(by_key, best):
+    """Per rule and server CPU limit, each row's tps under the rule over its best tps."""
+    shares = {}
+    for name, rule in RULES.items():
+        per_cpus = shares.setdefault(name, {})
+        for key, row in by_key.items():
+            if best[key]["tps"]:
+                per_cpus.setdefault(key[0], []).append(tps_at(row, rule(key[0])) / best[key]["tps"])
+    return shares
 
 
 def plot(results, out):

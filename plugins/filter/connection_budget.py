@@ -48,7 +48,7 @@ POOL_OPTIONAL = (
     "server_connections",
 )
 CLIENT_REQUIRED = ("name", "target", "connections")
-CLIENT_OPTIONAL = ("instances", "hosts")
+CLIENT_OPTIONAL = ("instances", "hosts", "active")
 
 
 def _server(name, entry):
@@ -61,7 +61,7 @@ def _server(name, entry):
         spec = {
             key: value
             for key, value in check_mapping(entry["spec"], f"{what}.spec").items()
-            if key not in ("connection_demand", "max_connections")
+            if key not in ("connection_demand", "active_demand", "spare_connections", "max_connections")
         }
         report = max_connections_report(spec)
         ceiling = report["ceiling"]
@@ -119,6 +119,8 @@ def _pooler_contributions(pooler, position, servers):
                 "name": f"pgbouncer {host} ({processes} {plural}) -> {pool['name']}",
                 "kind": "pgbouncer",
                 "connections": per_process * processes,
+                # A pool's server connections are all busy whenever its clients wait.
+                "active": per_process * processes,
             },
         )
 
@@ -131,8 +133,11 @@ def _client_contribution(client, position, servers):
     target = _target(servers, client["target"], f"direct client {client['name']}")
     connections = as_int(client["connections"], f"{what}.connections", minimum=0)
     instances = as_count_or_names(client.get("instances", client.get("hosts", 1)), f"{what}.instances")
+    active = connections
+    if client.get("active") is not None:
+        active = as_int(client["active"], f"{what}.active", minimum=0, maximum=connections)
     name = str(client["name"]) if instances == 1 else f"{client['name']} ({instances} instances)"
-    return target, {"name": name, "kind": "direct", "connections": connections * instances}
+    return target, {"name": name, "kind": "direct", "connections": connections * instances, "active": active * instances}
 
 
 def pg_connection_budget(servers, poolers=None, direct_clients=None):
@@ -140,7 +145,9 @@ def pg_connection_budget(servers, poolers=None, direct_clients=None):
 
     demand counts, per pooler and database entry, processes x min(max_db_connections,
     (pool_size + reserve_pool_size) x users), plus each direct client's connections x
-    instances. required_max_connections adds the reserved slots. A server over its
+    instances. active_demand counts the part of it that may run queries at once: every
+    pool connection, and each direct client's ``active`` (default: all its connections).
+    required_max_connections adds the reserved slots. A server over its
     ceiling gets verdict 'over'; the filter does not raise for it, so callers decide.
     """
     check_mapping(servers, "servers")
@@ -157,9 +164,11 @@ def pg_connection_budget(servers, poolers=None, direct_clients=None):
     for name, server in budget.items():
         contributors = sorted(contributions[name], key=lambda item: (-item["connections"], item["name"]))
         demand = sum(item["connections"] for item in contributors)
+        active_demand = sum(item["active"] for item in contributors)
         required = demand + server["superuser_reserved_connections"] + server["reserved_connections"]
         result[name] = {
             "demand": demand,
+            "active_demand": active_demand,
             "required_max_connections": required,
             "ceiling": server["ceiling"],
             "headroom": server["ceiling"] - required,

@@ -21,7 +21,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import pg_connection_budget
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size
-from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import max_connections_report, tune
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import tune_with_report
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import MB
 
 #: Settings a hot standby must run at least at its primary's value, with PostgreSQL's
@@ -51,7 +51,7 @@ PGBOUNCER_OPTIONAL = {
 }
 PGBOUNCER_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "max_db_connections")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-CLIENT_KEYS = ("name", "target", "connections", "instances", "hosts", "group")
+CLIENT_KEYS = ("name", "target", "connections", "active", "instances", "hosts", "group")
 
 #: The inventory model's variables the plan reads on a database server and on a PgBouncer
 #: host, and the cached facts it reads on both.
@@ -70,6 +70,8 @@ SERVER_VARIABLES = (
     "postgresql_tuning_reserved_memory",
     "postgresql_tuning_overrides",
     "postgresql_tuning_max_connections",
+    "postgresql_tuning_spare_connections",
+    "postgresql_tuning_connection_memory",
 )
 POOLER_VARIABLES = (
     "connection_budget_resources",
@@ -198,6 +200,8 @@ def _server_spec(hostvars, host, resources, defaults):
         "memory_fraction": fraction / clusters,
         "reserved_memory": _var(hostvars, host, "postgresql_tuning_reserved_memory", defaults),
         "overrides": dict(_var(hostvars, host, "postgresql_tuning_overrides", defaults) or {}),
+        "spare_connections": _var(hostvars, host, "postgresql_tuning_spare_connections", defaults),
+        "connection_memory": _var(hostvars, host, "postgresql_tuning_connection_memory", defaults),
     }
     return {key: value for key, value in spec.items() if value is not None}
 
@@ -306,7 +310,9 @@ def _direct_clients(direct_clients, groups, servers):
                 f"{what} ({client['name']}) targets {client['target']!r}, which is not a host of group postgresql "
                 f"({', '.join(sorted(servers)) or 'none'})"
             )
-        entry = {key: client[key] for key in ("name", "target", "connections", "instances", "hosts") if key in client}
+        entry = {
+            key: client[key] for key in ("name", "target", "connections", "active", "instances", "hosts") if key in client
+        }
         if "group" in client:
             members = groups.get(client["group"])
             if not members:
@@ -421,11 +427,16 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
             standbys[primary_of[host]].append(host)
     planned = {}
     problems = []
+    warnings = []
     for host in _order(primary_of):
         fixed = _var(hostvars, host, "postgresql_tuning_max_connections", defaults)
         # A server nobody declared a client for has an unknown demand, not a demand of 0:
         # the engine then takes the profile's default instead of shutting everyone out.
-        declared = {"connection_demand": budget[host]["demand"]} if budget[host]["contributors"] else {}
+        declared = (
+            {"connection_demand": budget[host]["demand"], "active_demand": budget[host]["active_demand"]}
+            if budget[host]["contributors"]
+            else {}
+        )
         spec = specs[host] | declared
         if fixed is not None:
             spec["max_connections"] = fixed
@@ -440,6 +451,10 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
             "max_connections": None,
             "tuning_max_connections": None,
             "tuning_demand": spec.get("connection_demand"),
+            "tuning_active_demand": spec.get("active_demand"),
+            "spare_connections": None,
+            "advice": None,
+            "warnings": [],
             "tuning_overrides": spec["overrides"],
             "problem": None,
         } | budget[host]
@@ -450,9 +465,9 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
             problems.append(entry["problem"])
             continue
         try:
-            settings = tune(spec)
+            settings, report = tune_with_report(spec)
             if primary is not None:
-                settings = _apply_parity(host, entry, spec, settings, primary)
+                settings, report = _apply_parity(host, entry, spec, settings, report, primary)
         except AnsibleFilterError as err:
             if budget[host]["verdict"] == "over":
                 entry["problem"] = _over_message(host, spec, budget[host], resources[host], err.message)
@@ -464,8 +479,11 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
         entry["max_connections"] = settings["max_connections"]
         entry["tuning_max_connections"] = spec.get("max_connections")
         entry["tuning_overrides"] = spec["overrides"]
-        if entry["parity_overrides"]:  # pinned worker counts may move the ceiling
-            entry["ceiling"] = max_connections_report(spec)["ceiling"]
+        entry["ceiling"] = report["ceiling"]  # pinned worker counts (parity) may move it
+        entry["spare_connections"] = report["spare_connections"]
+        entry["advice"] = report["advice"]
+        entry["warnings"] = [f"{host}: {warning}" for warning in report["warnings"]]
+        warnings.extend(entry["warnings"])
         entry["headroom"] = entry["ceiling"] - settings["max_connections"]
     for host in servers:
         planned[host].pop("spec")
@@ -473,11 +491,12 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
         "servers": {host: planned[host] for host in servers},
         "poolers": pooler_plans,
         "problems": problems,
+        "warnings": warnings,
         "ok": not problems,
     }
 
 
-def _apply_parity(host, entry, spec, settings, primary):
+def _apply_parity(host, entry, spec, settings, report, primary):
     """Raise the standby's parity settings to its primary's; recompute with them."""
     raised = {}
     for name in PARITY_DEFAULTS:
@@ -486,13 +505,13 @@ def _apply_parity(host, entry, spec, settings, primary):
             raised[name] = theirs
             entry["parity"].append({"setting": name, "primary": theirs, "own": ours, "raised_to": theirs})
     if not raised:
-        return settings
+        return settings, report
     if "max_connections" in raised:
         spec["max_connections"] = raised.pop("max_connections")
     spec["overrides"] = spec["overrides"] | raised
     entry["parity_overrides"] = raised
     try:
-        return tune(spec)
+        return tune_with_report(spec)
     except AnsibleFilterError as err:
         needs = ", ".join(f"{item['setting']} {item['primary']}" for item in entry["parity"])
         raise AnsibleFilterError(
@@ -631,12 +650,14 @@ def fleet_plan_lines(plan):
         )
         if server["settings"]:
             settings = server["settings"]
+            spare = "" if server["spare_connections"] is None else f" ({server['spare_connections']} spare)"
             lines.append(
-                f"{head}; max_connections {server['max_connections']}, ceiling {server['ceiling']}, headroom "
+                f"{head}; max_connections {server['max_connections']}{spare}, ceiling {server['ceiling']}, headroom "
                 f"{server['headroom']}, shared_buffers {settings['shared_buffers']}, work_mem {settings['work_mem']}"
             )
         else:
             lines.append(f"{head}; PROBLEM: {server['problem']}")
+        lines += [f"  warning: {warning}" for warning in server["warnings"]]
     return lines
 
 
@@ -649,18 +670,25 @@ def fleet_plan_markdown(plan):
         out += [f"- {problem}" for problem in plan["problems"]] + [""]
     else:
         out += ["Every server's demand fits its memory ceiling.", ""]
+    if plan.get("warnings"):
+        out += [f"{len(plan['warnings'])} warning(s):", ""] + [f"- {warning}" for warning in plan["warnings"]] + [""]
     out += [
         "## Servers",
         "",
-        "| server | primary | memory (source) | CPUs | version | demand | max_connections | ceiling | headroom | "
-        "verdict | shared_buffers | work_mem | effective_cache_size |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Spare: slots above demand + reserved for clients nobody declared. Advice: connections the server's "
+        "CPUs run well at once; above it, pool.",
+        "",
+        "| server | primary | memory (source) | CPUs | version | demand | spare | max_connections | ceiling | "
+        "advice | headroom | verdict | shared_buffers | work_mem | effective_cache_size |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in servers.items():
         r, settings = s["resources"], s["settings"] or {}
         cells = [
             name, s["primary"] or "", f"{_size(r['memory'])} ({r['memory_source']})", r["cpus"], r["version"],
-            s["demand"], "" if s["max_connections"] is None else s["max_connections"], s["ceiling"], s["headroom"],
+            s["demand"], "" if s["spare_connections"] is None else s["spare_connections"],
+            "" if s["max_connections"] is None else s["max_connections"], s["ceiling"],
+            "" if s["advice"] is None else s["advice"], s["headroom"],
             s["verdict"] if settings else "problem", settings.get("shared_buffers", ""), settings.get("work_mem", ""),
             settings.get("effective_cache_size", ""),
         ]
@@ -714,6 +742,7 @@ def fleet_plan_report(hostvars, groups, direct_clients=None, defaults=None):
         "markdown": fleet_plan_markdown(plan),
         "lines": fleet_plan_lines(plan),
         "problems": plan["problems"],
+        "warnings": plan["warnings"],
     }
 
 

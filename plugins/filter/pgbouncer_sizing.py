@@ -26,6 +26,7 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import (
     as_size,
     check_keys,
 )
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import best_active_connections
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import KB, describe_size
 
 #: PgBouncer's own defaults.
@@ -156,9 +157,9 @@ def _fit_pool_size(databases, wanted, reserve_pool_size, allowance, processes):
 def pgbouncer_tune(spec):
     """PgBouncer settings for one host, and the server connections it can open.
 
-    Pool size: ``default_pool_size`` if given, else ``server_cpus x 2 + 1`` (the
-    PostgreSQL wiki's rule of thumb, applied per pool) when server_cpus is given, else
-    PgBouncer's 20. With ``server_connection_allowance`` (the most server connections
+    Pool size: ``default_pool_size`` if given, else ``4 x server_cpus + 4`` (what the
+    server runs best at once, measured by bench/pools.py; see pg_sizing.best_active_connections)
+    when server_cpus is given, else PgBouncer's 20. With ``server_connection_allowance`` (the most server connections
     this host may open over all its processes) the default pool shrinks until
     processes x sum over databases of min(max_db_connections, (pool + reserve) x pools)
     fits, where an entry's pools are its users plus, with ``auth_query``, the auth user's;
@@ -182,7 +183,7 @@ def pgbouncer_tune(spec):
     if spec.get("default_pool_size") is not None:
         pool_size = as_int(spec["default_pool_size"], "default_pool_size", minimum=1)
     elif spec.get("server_cpus") is not None:
-        pool_size = as_int(spec["server_cpus"], "server_cpus", minimum=1) * 2 + 1
+        pool_size = best_active_connections(as_int(spec["server_cpus"], "server_cpus", minimum=1))
     else:
         pool_size = PGBOUNCER_DEFAULT_POOL_SIZE
     reserve_pool_size = as_int(

@@ -2,15 +2,32 @@
 
 One memory bound holds for every result::
 
-    shared_buffers + wal_buffers
-      + (max_connections + max_parallel_workers) x (CONNECTION_OVERHEAD + allocations x work_mem)
-      + maintenance_work_mem + autovacuum_max_workers x autovacuum_work_mem
+    shared_buffers + wal_buffers + maintenance_work_mem + autovacuum_max_workers x autovacuum_work_mem
+      + (max_connections + max_parallel_workers) x connection_memory
+      + (active connections + max_parallel_workers) x allocations x work_mem
     <= usable memory = memory x memory_fraction - reserved_memory
 
-``allocations`` is how many work_mem-sized sort or hash areas one connection may
-hold at once in the worst case (PGTune's divisor of 3, times its profile factor).
-The *ceiling* is the most connections for which that bound still holds with each
-connection given at least CEILING_WORK_MEM; max_connections never goes above it.
+``connection_memory`` is a backend's private memory outside work_mem, *measured*: 1.8 to
+2.0MB for an active pgbench backend on PostgreSQL 15, 17 and 18 (bench/memory.py,
+bench/results/2026-12-01/memory.md). ``allocations`` is how many work_mem-sized sort or
+hash areas one query may hold at once (PGTune's divisor of 3 times its profile factor).
+Active connections are those that may run queries at once: every connection, unless the
+demand declares some of its connections idle (``active_demand``).
+
+Two limits, kept apart:
+
+* **the ceiling**: the most connections the bound carries with every one active at the
+  work_mem floor (1MB). Above it is an error: memory cannot carry it. It is about
+  memory / 5MB for web and oltp; Amazon RDS allows memory / 9531392 (9.1MB, counting
+  shared_buffers too), and the lab's 1GB and 2GB containers ran the ceiling's worth of
+  pgbench connections without an OOM kill (bench/memory.py, part "ceiling").
+* **the advice**: how many connections a server this size serves well *at once*, a small
+  multiple of its cores (PostgreSQL wiki, "Number Of Database Connections"; the pool
+  sweep, bench/pools.py). Above it the result warns and recommends pooling; it never refuses.
+
+max_connections = demand + reserved slots + spare slots. The spare, by default
+max(10, 20% of the demand) where the ceiling allows, keeps room for clients nobody
+declared: an operator's psql, a migration, pg_dump, one more autoscaled instance.
 
 Shared buffers, effective_cache_size, maintenance_work_mem, wal_buffers, WAL sizes,
 planner costs and parallel workers follow PGTune (le0pard/pgtune,
@@ -18,18 +35,21 @@ src/features/configuration/configurationSlice.js, 2025 version), applied to usab
 memory instead of the host's RAM. Where headroom differs from PGTune, and why:
 
 * max_connections comes from the real connection demand (pooler pools plus direct
-  clients) when it is known, and is checked against the memory ceiling instead of
-  being a free input. work_mem then divides memory among the connections that can
-  really exist, so it is often larger than PGTune's for the same host.
-* work_mem also leaves room for maintenance memory, per-connection overhead and
-  wal_buffers, which PGTune leaves out; with a profile's default connection count
-  it is therefore smaller than PGTune's.
+  clients) plus spare slots when it is known, and is checked against the memory ceiling
+  instead of being a free input.
+* work_mem divides what is left among the *active* connections (PGTune divides among
+  max_connections), after per-connection memory, maintenance memory and wal_buffers,
+  which PGTune leaves out. It has a floor (1MB, what every connection gets at the
+  ceiling; PGTune gives 1.3MB for web on 1GB at its default 200 connections) and a cap
+  (256MB: on large hosts with few connections PGTune's share runs into GBs per sort
+  node, times hash_mem_multiplier for hashes).
 * autovacuum_work_mem is always set, capped at 1GB before PostgreSQL 17 (VACUUM
   cannot use more for dead tuples there) and at 2GB from 17 (PGTune's cap).
-* max_worker_processes never goes below PostgreSQL's default of 8 (logical
-  replication and extensions take those slots; PGTune sets it to the CPU count).
-  With fewer than 4 CPUs, where PGTune leaves parallel settings alone, they follow
-  the same rule (1 CPU: no parallel query).
+* Parallel workers shrink with memory: at most a sixteenth of the processes memory can
+  carry, so many CPUs never make a small host untunable (PGTune gives one worker per CPU).
+  max_worker_processes never goes below PostgreSQL's default of 8 (logical replication
+  and extensions take those slots). With fewer than 4 CPUs, where PGTune leaves parallel
+  settings alone, they follow the same rule (1 CPU: no parallel query).
 * Usable memory is rounded down to a power-of-two step of at most 1/64 of it, so a
   MemTotal that drifts by a few MB between boots does not change restart-only settings.
 """
@@ -69,16 +89,47 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import (
     unit_bytes,
 )
 
-#: Private memory of one backend that work_mem does not cover: process baseline (~2MB,
-#: Andres Freund's 2020 measurements), catalog, relation and plan caches that grow to
-#: several MB on large schemas, and page-table entries for shared_buffers without huge
-#: pages. For comparison, Amazon RDS budgets 9531392 bytes (~9.1MB) per connection in
-#: its default max_connections, Spilo 30MB including work_mem.
-CONNECTION_OVERHEAD = 10 * MB
+#: A backend's private memory outside work_mem (process, catalog, relation and plan
+#: caches, page tables), measured from the cgroup with N connections at once
+#: (bench/results/2026-12-01/memory.md): 1.4-1.6MB idle, 1.8-2.0MB under pgbench on
+#: PostgreSQL 15, 17 and 18. Caches grow with the schema a connection touches: 16.6-18.4MB
+#: when each backend reads 2000 tables; set connection_memory for such a schema.
+CONNECTION_MEMORY = 2 * MB
 
-#: The least work_mem the ceiling grants each connection: PostgreSQL's default and
-#: PGTune's floor. Beyond the ceiling, queries would get less than out of the box.
-CEILING_WORK_MEM = 4 * MB
+#: The least work_mem a connection's allocations get; at the ceiling every connection has
+#: exactly this. PGTune's formula gives 1.3MB for web on 1GB at its default 200 connections.
+WORK_MEM_FLOOR = 1 * MB
+
+#: The most work_mem headroom computes (pin work_mem in overrides for more): beyond it one
+#: sort rarely gains, and a query holds allocations x hash_mem_multiplier x work_mem at worst.
+WORK_MEM_CAP = 256 * MB
+
+#: Spare slots above demand + reserved, by default: at least SPARE_MIN and SPARE_SHARE of
+#: the demand, for clients nobody declared (psql, migrations, pg_dump, one more instance).
+SPARE_MIN = 10
+SPARE_SHARE = Fraction(1, 5)
+
+#: Parallel workers take at most this share of the processes memory can carry.
+PARALLEL_SHARE = Fraction(1, 16)
+
+#: Connections a server runs best at once: BEST_PER_CPU x CPUs + BEST_BASE, PgBouncer's pool
+#: rule. The pool sweep (bench/pools.py, bench/results/2026-12-01/pools.md: pools 3 to 40, both
+#: pgbench workloads and scales, 10 to 1000 clients, server limited to 1 and 2 CPUs) found the
+#: best pool at 8 to 14 on both limits: below 8 the TPC-B-like mix waits on commits (down to
+#: 0.67 of the best), from 28 up select-only loses to contention. 4 x CPUs + 4 kept 0.81 to 0.84
+#: of the best in the worst row and 0.92 to 0.95 on average; 2 x CPUs + 1 (the PostgreSQL
+#: wiki's (cores x 2) + spindles with one spindle) 0.67 to 0.74 and 0.84 to 0.88; 20 (the
+#: seed's config) 0.66 to 0.74 and 0.88 to 0.91. HikariCP's "About Pool Sizing" gives the same
+#: reasoning: cores plus what waits on I/O, far below the client count.
+BEST_PER_CPU = 4
+BEST_BASE = 4
+
+#: The advice: more connections than ADVICE_FACTOR x the best at once lose throughput (the
+#: sweep's pool 40 on 1 to 2 CPUs: 0.66 to 0.95 of the best) and memory; beyond it, pool.
+ADVICE_FACTOR = 2
+
+#: Amazon RDS's default max_connections is memory / this (bytes): for comparison only.
+RDS_BYTES_PER_CONNECTION = 9531392
 
 #: PostgreSQL's minimum work_mem.
 WORK_MEM_MIN = 64 * KB
@@ -164,12 +215,20 @@ SPEC_OPTIONAL = (
     "overrides",
     "superuser_reserved_connections",
     "reserved_connections",
+    "spare_connections",
+    "active_demand",
+    "connection_memory",
 )
 
 #: Settings with their own spec key, so the ceiling check sees them.
 _SPEC_OWNED = ("max_connections", "superuser_reserved_connections", "reserved_connections")
 
 _CUSTOM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)+$")
+
+
+def best_active_connections(cpus):
+    """Connections a server with ``cpus`` CPUs runs best at once (BEST_PER_CPU x cpus + BEST_BASE)."""
+    return BEST_PER_CPU * cpus + BEST_BASE
 
 
 def _autovacuum_work_mem_cap(version):
@@ -289,17 +348,34 @@ def _check_spec(spec):
         checked["max_connections"] = as_int(spec["max_connections"], "max_connections", minimum=1)
     if spec.get("connection_demand") is not None:
         checked["connection_demand"] = as_int(spec["connection_demand"], "connection_demand", minimum=0)
+    checked["spare_connections"] = None
+    if spec.get("spare_connections") is not None:
+        checked["spare_connections"] = as_int(spec["spare_connections"], "spare_connections", minimum=0)
+    checked["active_demand"] = None
+    if spec.get("active_demand") is not None:
+        if checked["connection_demand"] is None:
+            raise AnsibleFilterError(
+                f"active_demand {spec['active_demand']!r} is the active share of connection_demand, which is not given"
+            )
+        checked["active_demand"] = as_int(
+            spec["active_demand"], "active_demand", minimum=0, maximum=checked["connection_demand"]
+        )
+    checked["connection_memory"] = as_size(spec.get("connection_memory", CONNECTION_MEMORY), "connection_memory", minimum=1)
     checked["overrides"] = _check_overrides(spec.get("overrides"), version, checked["usable"])
     return checked
 
 
-def _parallel(cpus, profile):
-    """PGTune's parallel settings by CPU count, with max_worker_processes kept at 8 or more."""
-    half = 0 if cpus == 1 else math.ceil(cpus / 2)
+def _parallel(cpus, profile, processes):
+    """PGTune's parallel settings by CPU count, on at most PARALLEL_SHARE of ``processes`` (what memory carries).
+
+    max_worker_processes is kept at 8 or more.
+    """
+    workers = min(cpus, int(processes * PARALLEL_SHARE))
+    half = 0 if cpus == 1 or workers <= 1 else math.ceil(workers / 2)
     per_gather = half if profile == "dw" else min(half, PARALLEL_WORKERS_CAP)
     return {
-        "max_worker_processes": max(MAX_WORKER_PROCESSES_MIN, cpus),
-        "max_parallel_workers": cpus,
+        "max_worker_processes": max(MAX_WORKER_PROCESSES_MIN, workers),
+        "max_parallel_workers": workers,
         "max_parallel_workers_per_gather": per_gather,
         "max_parallel_maintenance_workers": min(half, PARALLEL_WORKERS_CAP),
     }
@@ -333,8 +409,6 @@ def _memory_model(usable, checked):
     profile = PROFILES[checked["profile"]]
     version = checked["version"]
     pinned = checked["overrides"]
-    parallel = _parallel(checked["cpus"], checked["profile"])
-    parallel.update({key: int(pinned[key]) for key in parallel if key in pinned})
 
     shared_buffers = _clamp(
         "shared_buffers", max(SHARED_BUFFERS_MIN, floor_to(usable // profile.shared_buffers_divisor, BLOCK))
@@ -355,11 +429,14 @@ def _memory_model(usable, checked):
         )
     autovacuum_workers = int(pinned.get("autovacuum_max_workers", AUTOVACUUM_MAX_WORKERS))
     maintenance_memory = maintenance_work_mem + autovacuum_workers * autovacuum_work_mem
-    ceiling_work_mem = _size_of(pinned["work_mem"], "work_mem") if "work_mem" in pinned else CEILING_WORK_MEM
-    per_connection = CONNECTION_OVERHEAD + profile.work_mem_allocations * ceiling_work_mem
+    floor_work_mem = _size_of(pinned["work_mem"], "work_mem") if "work_mem" in pinned else WORK_MEM_FLOOR
+    per_connection = checked["connection_memory"] + profile.work_mem_allocations * floor_work_mem
     shared_memory = shared_buffers + wal_buffers
     available = usable - shared_memory - maintenance_memory
-    ceiling = max(0, available // per_connection - parallel["max_parallel_workers"])
+    processes = max(0, available // per_connection)
+    parallel = _parallel(checked["cpus"], checked["profile"], processes)
+    parallel.update({key: int(pinned[key]) for key in parallel if key in pinned})
+    ceiling = max(0, processes - parallel["max_parallel_workers"])
     ceiling = min(ceiling, MAX_BACKENDS - OTHER_BACKEND_SLOTS - parallel["max_worker_processes"])
     return {
         "usable": usable,
@@ -375,7 +452,9 @@ def _memory_model(usable, checked):
         "shared_memory": shared_memory,
         "available": available,
         "per_connection": per_connection,
+        "connection_memory": checked["connection_memory"],
         "ceiling": ceiling,
+        "advice": ADVICE_FACTOR * best_active_connections(checked["cpus"]),
         "parallel": parallel,
     }
 
@@ -424,8 +503,59 @@ def _too_many(checked, model, what, connections):
     )
 
 
+def _default_spare(demand):
+    return max(SPARE_MIN, math.ceil(demand * SPARE_SHARE))
+
+
+def _demand_connections(checked, model, reserved_slots, slots_words, warnings):
+    """max_connections for a declared demand: demand + reserved + spare, and the spare it got."""
+    demand, fixed, spare = checked["connection_demand"], checked["max_connections"], checked["spare_connections"]
+    required = max(demand + reserved_slots, reserved_slots + 1)
+    demand_words = f"connection_demand {demand} + {slots_words}"
+    if fixed is not None and fixed < required:
+        raise AnsibleFilterError(
+            f"max_connections {fixed} is below what the demand needs: {demand_words} = {required}; "
+            "raise max_connections or leave it out so the demand sets it"
+        )
+    if required > model["ceiling"]:
+        _too_many(checked, model, demand_words, required)
+    default_spare = _default_spare(demand)
+    if fixed is not None:
+        if spare is not None and fixed < required + spare:
+            raise AnsibleFilterError(
+                f"max_connections {fixed} leaves {fixed - required} spare slots above {demand_words} = {required}, "
+                f"fewer than spare_connections {spare}; raise max_connections or leave one of them out"
+            )
+        if fixed - required < min(default_spare, model["ceiling"] - required) and spare is None:
+            warnings.append(
+                f"max_connections {fixed} leaves {fixed - required} spare slots above {demand_words} = {required}; "
+                f"the default keeps {default_spare} (at least {SPARE_MIN} and {SPARE_SHARE.numerator * 100 // SPARE_SHARE.denominator}% "
+                "of the demand) for clients nobody declared"
+            )
+        return "fixed", fixed, fixed - required, f"max_connections {fixed} was given; it covers {demand_words} = {required}"
+    room = model["ceiling"] - required
+    if spare is not None and spare > room:
+        raise AnsibleFilterError(
+            f"spare_connections {spare} does not fit: {demand_words} = {required} leaves {room} slots under the "
+            f"ceiling of {model['ceiling']} that {_memory_words(model)}; lower it, or pool clients through PgBouncer"
+        )
+    wanted = default_spare if spare is None else spare
+    given = "spare_connections" if spare is not None else f"default spare max({SPARE_MIN}, 20% of demand)"
+    if wanted > room:
+        warnings.append(
+            f"only {room} spare slots fit above {demand_words} = {required} under the ceiling of {model['ceiling']}, "
+            f"fewer than the {wanted} of the {given}; clients nobody declared may find the server full"
+        )
+    spare = min(wanted, room)
+    return "demand", required + spare, spare, f"{demand_words} + {spare} spare ({given}) = {required + spare}"
+
+
 def plan(spec):
-    """Validate ``spec`` and decide every number; the public filters shape what they return from this."""
+    """Validate ``spec`` and decide every number; the public filters shape what they return from this.
+
+    Returns the checked spec, the memory model and a decision: source, max_connections,
+    spare slots, the active connections work_mem is sized for, reason and warnings.
+    """
     checked = _check_spec(spec)
     model = _memory_model(checked["usable"], checked)
     reserved_slots = checked["superuser_reserved_connections"] + checked["reserved_connections"]
@@ -442,31 +572,24 @@ def plan(spec):
             "would be needed"
         )
     demand, fixed = checked["connection_demand"], checked["max_connections"]
+    if fixed is not None and fixed < minimum:
+        raise AnsibleFilterError(
+            f"max_connections {fixed} must be above {slots_words} = {reserved_slots}, or PostgreSQL will not start"
+        )
+    if fixed is not None and fixed > model["ceiling"]:
+        _too_many(checked, model, f"max_connections {fixed} (given)", fixed)
+    warnings = []
     within = f"within the ceiling of {model['ceiling']} that {_memory_words(model)}"
+    spare = None
     if demand is not None:
-        required = max(demand + reserved_slots, minimum)
-        demand_words = f"connection_demand {demand} + {slots_words}"
-        if fixed is not None and fixed < required:
-            raise AnsibleFilterError(
-                f"max_connections {fixed} is below what the demand needs: {demand_words} = {required}; "
-                "raise max_connections or leave it out so the demand sets it"
-            )
-        if required > model["ceiling"]:
-            _too_many(checked, model, demand_words, required)
-    if fixed is not None:
-        if fixed < minimum:
-            raise AnsibleFilterError(
-                f"max_connections {fixed} must be above {slots_words} = {reserved_slots}, or PostgreSQL will not start"
-            )
-        if fixed > model["ceiling"]:
-            _too_many(checked, model, f"max_connections {fixed} (given)", fixed)
+        source, max_connections, spare, reason = _demand_connections(
+            checked, model, reserved_slots, slots_words, warnings
+        )
+        reason += f", {within}"
+    elif fixed is not None:
+        # Without a demand there is nothing to keep spare above: spare_connections does not apply.
         source, max_connections = "fixed", fixed
         reason = f"max_connections {fixed} was given and is {within}"
-        if demand is not None:
-            reason += f"; it covers {demand_words} = {required}"
-    elif demand is not None:
-        source, max_connections = "demand", required
-        reason = f"{demand_words} = {required}, {within}"
     else:
         profile = checked["profile"]
         default = PROFILES[profile].default_connections
@@ -481,28 +604,59 @@ def plan(spec):
                 f"the ceiling of {model['ceiling']} that {_memory_words(model)}, so it is capped at "
                 f"{model['ceiling']}; give connection_demand to size it from real demand"
             )
-    return checked, model, source, max_connections, reason
+    # Every connection may run a query at once, except demand declared idle.
+    idle = demand - checked["active_demand"] if checked["active_demand"] is not None else 0
+    active = max_connections - idle
+    # The declared load: a given max_connections all of it (but its idle part), else the active demand.
+    at_once = checked["active_demand"] if checked["active_demand"] is not None else demand
+    count = active if source == "fixed" else at_once
+    if source != "profile_default" and count > model["advice"]:
+        warnings.append(
+            f"{count} connections may run queries at once, more than the {model['advice']} that "
+            f"{checked['cpus']} CPU(s) serve well (twice the {best_active_connections(checked['cpus'])} that run "
+            f"best, {BEST_PER_CPU} x CPUs + {BEST_BASE}: bench/pools.py); fewer at once run faster: route direct "
+            "clients through PgBouncer (transaction pooling) and keep the pools that reach this server near "
+            f"{best_active_connections(checked['cpus'])} in all"
+        )
+    decision = {
+        "source": source,
+        "max_connections": max_connections,
+        "spare_connections": spare,
+        "active_connections": active,
+        "reason": reason,
+        "warnings": warnings,
+    }
+    return checked, model, decision
 
 
-def _work_mem(model, max_connections, allocations):
-    """Split what is left after shared and maintenance memory among every process that runs queries."""
-    processes = max_connections + model["parallel"]["max_parallel_workers"]
-    share = (model["available"] - processes * CONNECTION_OVERHEAD) // (processes * allocations)
-    return _clamp("work_mem", max(WORK_MEM_MIN, floor_to(share, KB)))
+def _work_mem(model, max_connections, active, allocations):
+    """Split what is left after shared, maintenance and per-connection memory among the active processes."""
+    workers = model["parallel"]["max_parallel_workers"]
+    left = model["available"] - (max_connections + workers) * model["connection_memory"]
+    share = left // (max(1, active + workers) * allocations)
+    return _clamp("work_mem", min(WORK_MEM_CAP, max(WORK_MEM_MIN, floor_to(share, KB))))
 
 
 def max_connections_report(spec):
     """See the pg_max_connections filter."""
-    checked, model, source, max_connections, reason = plan(spec)
+    return _report(*plan(spec))
+
+
+def _report(checked, model, decision):
     return {
         "ceiling": model["ceiling"],
-        "max_connections": max_connections,
-        "source": source,
-        "reason": reason,
+        "advice": model["advice"],
+        "max_connections": decision["max_connections"],
+        "spare_connections": decision["spare_connections"],
+        "active_connections": decision["active_connections"],
+        "source": decision["source"],
+        "reason": decision["reason"],
+        "warnings": decision["warnings"],
         "usable_memory": model["usable"],
         "shared_buffers": model["shared_buffers"],
         "shared_memory": model["shared_memory"],
         "maintenance_memory": model["maintenance_memory"],
+        "connection_memory": model["connection_memory"],
         "per_connection_memory": model["per_connection"],
         "parallel_workers": model["parallel"]["max_parallel_workers"],
         "superuser_reserved_connections": checked["superuser_reserved_connections"],
@@ -512,7 +666,13 @@ def max_connections_report(spec):
 
 def tune(spec):
     """See the pg_tune filter."""
-    checked, model, _source, max_connections, _reason = plan(spec)
+    return tune_with_report(spec)[0]
+
+
+def tune_with_report(spec):
+    """pg_tune's settings and pg_max_connections' report from one decision."""
+    checked, model, decision = plan(spec)
+    max_connections = decision["max_connections"]
     profile = PROFILES[checked["profile"]]
     storage = STORAGE[checked["storage"]]
     settings = {
@@ -520,7 +680,9 @@ def tune(spec):
         "superuser_reserved_connections": checked["superuser_reserved_connections"],
         "shared_buffers": format_size(model["shared_buffers"]),
         "effective_cache_size": format_size(model["effective_cache_size"]),
-        "work_mem": format_size(_work_mem(model, max_connections, profile.work_mem_allocations)),
+        "work_mem": format_size(
+            _work_mem(model, max_connections, decision["active_connections"], profile.work_mem_allocations)
+        ),
         "maintenance_work_mem": format_size(model["maintenance_work_mem"]),
         "autovacuum_work_mem": format_size(model["autovacuum_work_mem"]),
         "wal_buffers": format_size(model["wal_buffers"]),
@@ -533,12 +695,12 @@ def tune(spec):
         "default_statistics_target": profile.default_statistics_target,
         "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
     }
-    settings.update(_parallel(checked["cpus"], checked["profile"]))
+    settings.update(model["parallel"])
     if "reserved_connections" in known_parameters(checked["version"]):
         settings["reserved_connections"] = checked["reserved_connections"]
     settings.update(checked["overrides"])
     _check_wal_sizes(settings)
-    return dict(sorted(settings.items()))
+    return dict(sorted(settings.items())), _report(checked, model, decision)
 
 
 def _check_wal_sizes(settings):
@@ -551,11 +713,12 @@ def _check_wal_sizes(settings):
         )
 
 
-def worst_case_memory(settings, profile):
+def worst_case_memory(settings, profile, active_connections=None, connection_memory=CONNECTION_MEMORY):
     """Bytes PostgreSQL may use at worst with ``settings`` (a pg_tune result) under ``profile``.
 
-    The left side of the memory bound in this module's docstring; pg_tune keeps it at or
-    below the usable memory.
+    The left side of the memory bound in this module's docstring, with ``active_connections``
+    (default: every connection) running queries at once; pg_tune keeps it at or below the
+    usable memory.
     """
 
     def size(name):
@@ -565,14 +728,16 @@ def worst_case_memory(settings, profile):
     autovacuum_work_mem = (
         maintenance_work_mem if settings["autovacuum_work_mem"] in (-1, "-1") else size("autovacuum_work_mem")
     )
-    processes = int(settings["max_connections"]) + int(settings["max_parallel_workers"])
-    per_process = CONNECTION_OVERHEAD + PROFILES[profile].work_mem_allocations * size("work_mem")
+    connections = int(settings["max_connections"])
+    active = connections if active_connections is None else active_connections
+    workers = int(settings["max_parallel_workers"])
     autovacuum_workers = int(settings.get("autovacuum_max_workers", AUTOVACUUM_MAX_WORKERS))
     shared_buffers = size("shared_buffers")
     return (
         shared_buffers
         + _wal_buffers_bytes(settings["wal_buffers"], shared_buffers)
-        + processes * per_process
+        + (connections + workers) * connection_memory
+        + (active + workers) * PROFILES[profile].work_mem_allocations * size("work_mem")
         + maintenance_work_mem
         + autovacuum_workers * autovacuum_work_mem
     )

@@ -23,8 +23,13 @@ PARITY = ["max_connections", "max_worker_processes", "max_wal_senders", "max_pre
           "max_locks_per_transaction"]
 RUN = str(int(time.time()))  # application names unique to this run: earlier runs' sessions may linger
 UNIT_BYTES = {None: 1, "": 1, "B": 1, "kB": 1024, "8kB": 8192, "MB": 1024**2}
-CONNECTION_OVERHEAD = 10 * 1024**2  # README: a backend's own memory
+CONNECTION_MEMORY = 2 * 1024**2  # README: a backend's own memory outside work_mem (measured)
 WEB_ALLOCATIONS = 3  # README: work_mem areas per connection for the web profile
+
+
+def pool_rule(server_cpus):
+    """README: PgBouncer's default pool, what the server runs best at once."""
+    return 4 * server_cpus + 4
 
 
 def node(name):
@@ -48,8 +53,8 @@ def memory_limit(name):
 
 
 def expected_demand():
-    """From molecule.yml: pools of 2 x server CPUs + 1 per (database, user), and the direct clients."""
-    pool1, pool2 = 2 * cpus(DB1) + 1, 2 * cpus(DB2) + 1
+    """From molecule.yml: a pool per (database, user) of the pool rule, and the direct clients."""
+    pool1, pool2 = pool_rule(cpus(DB1)), pool_rule(cpus(DB2))
     return {
         DB1: pool1 + pool1 + 3 + 2,  # appdb on pgb1 and pgb2, monitoring 3, backups 2
         DB2: pool2 + 2 * 2,  # reports on pgb2, report jobs 2 on each of the 2 pgbouncer hosts
@@ -111,7 +116,7 @@ def bytes_of(row):
 
 @pytest.fixture(autouse=True)
 def end_test_sessions():
-    """End the sessions a test opened, so the next one has the primary's few slots (max_connections 18)."""
+    """End the sessions a test opened, so the next one has the primary's few spare slots."""
     yield
     sql(DB1, f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE '%-{RUN}'")
 
@@ -120,12 +125,14 @@ def end_test_sessions():
 def test_max_connections_covers_the_demand_and_fits_in_memory(server):
     live = settings(server)
     max_connections = int(live["max_connections"]["setting"])
-    assert max_connections >= expected_demand()[server] + int(live["superuser_reserved_connections"]["setting"])
-    # The README's memory bound, from the running values, against the container's limit.
+    # Demand + reserved + the default spare of max(10, 20% of the demand).
+    spare = max(10, -(-expected_demand()[server] // 5))
+    assert max_connections >= expected_demand()[server] + int(live["superuser_reserved_connections"]["setting"]) + spare
+    # The README's memory bound, every connection active, from the running values, against the container's limit.
+    processes = max_connections + int(live["max_parallel_workers"]["setting"])
     worst = (
         bytes_of(live["shared_buffers"]) + bytes_of(live["wal_buffers"])
-        + (max_connections + int(live["max_parallel_workers"]["setting"]))
-        * (CONNECTION_OVERHEAD + WEB_ALLOCATIONS * bytes_of(live["work_mem"]))
+        + processes * (CONNECTION_MEMORY + WEB_ALLOCATIONS * bytes_of(live["work_mem"]))
         + bytes_of(live["maintenance_work_mem"])
         + int(live["autovacuum_max_workers"]["setting"]) * bytes_of(live["autovacuum_work_mem"])
     )
@@ -138,8 +145,8 @@ def test_the_standby_streams_and_runs_at_least_its_primarys_settings():
     primary, standby = settings(DB1), settings(DB2)
     for name in PARITY:
         assert int(standby[name]["setting"]) >= int(primary[name]["setting"]), name
-    # Its own demand is smaller: only parity lifts it to the primary's max_connections.
-    assert expected_demand()[DB2] + 3 < int(standby["max_connections"]["setting"])
+    # Its own demand (+ 3 reserved + 10 spare) is smaller: only parity lifts it to the primary's max_connections.
+    assert expected_demand()[DB2] + 3 + 10 < int(standby["max_connections"]["setting"])
     assert standby["max_connections"]["setting"] == primary["max_connections"]["setting"]
 
 
@@ -148,7 +155,7 @@ def test_pgbouncer_runs_the_pools_the_budget_counted(pooler, databases):
     out = node(pooler).check_output("/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s", "SHOW DATABASES")
     live = {row["name"]: row for row in json.loads(out)["rows"]}
     for database, server in databases.items():
-        assert int(live[database]["pool_size"]) == 2 * cpus(server) + 1, database
+        assert int(live[database]["pool_size"]) == pool_rule(cpus(server)), database
 
 
 @pytest.mark.parametrize(("pooler", "database", "in_recovery"), [(PGB1, "appdb", "f"), (PGB2, "reports", "t")])
@@ -172,7 +179,12 @@ def test_plan_reports_the_numbers_from_the_fact_cache(tmp_path):
         assert planned["max_connections"] == int(sql(server, "SHOW max_connections"))
         assert planned["headroom"] == planned["ceiling"] - planned["max_connections"] >= 0
     assert plan["servers"][DB2]["primary"] == DB1
+    # The primary keeps the default spare slots above demand + 3 reserved, and the plan says so.
+    primary = plan["servers"][DB1]
+    assert primary["spare_connections"] == max(10, -(-demand[DB1] // 5))
+    assert primary["max_connections"] == demand[DB1] + 3 + primary["spare_connections"]
     markdown = (tmp_path / "plan.md").read_text()
+    assert "| spare |" in markdown
     assert f"| {DB1} |" in markdown and f"| {DB2} | {DB1} |" in markdown
 
 
@@ -290,7 +302,7 @@ def test_pools_over_a_servers_ceiling_fail_before_any_host_changes():
     output = (result.stdout + result.stderr).replace("\n", " ")
     assert result.returncode != 0
     assert f"{DB1} is over its connection ceiling" in output
-    assert "pgbouncer headroom-fleet-pgb1 (1 process) -> appdb 40" in output
+    assert "pgbouncer headroom-fleet-pgb1 (1 process) -> appdb 250" in output
     assert "smaller pools" in output and "transaction pooling" in output and "more memory" in output
     assert "PostgreSQL servers" not in output  # the play that changes servers never started
     assert fingerprint() == before

@@ -2,7 +2,7 @@
 
 Each test asserts on live state: pgbench runs against the server directly and through
 PgBouncer, the admin console answers, the files on disk are what the role promised.
-The pool sizes below are the ones the scenario's group_vars ask for (server_cpus 2 -> 2 x 2 + 1).
+The pool sizes below are the ones the scenario's group_vars ask for (server_cpus 2 -> 4 x 2 + 4).
 """
 
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PASSWORD = "headroom-bench-only"  # group_vars bench_password in molecule.yml
-POOL_SIZE = 5
+POOL_SIZE = 12
 RESERVE_POOL_SIZE = 2
 MAX_CLIENT_CONN = 1200
 PGBOUNCER_PORT = 6432

@@ -1,7 +1,7 @@
 """playbooks/plan.yml, really run with ansible-playbook on a generated 50-host inventory.
 
 The expected numbers come from the generated files, added up here by hand (pools,
-processes, direct clients, standby parity), and the whole plan from calling fleet_plan
+processes, direct clients, spare slots, standby parity), and the whole plan from calling fleet_plan
 in this process on the same variables: the playbook must write exactly that.
 """
 
@@ -19,6 +19,11 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import GB
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 RESERVED = 3  # superuser_reserved_connections; reserved_connections is 0
+
+
+def default_spare(demand):
+    """Spare slots above demand + reserved: max(10, 20% of the demand rounded up); every server here has room."""
+    return max(10, -(-demand // 5))
 
 
 def generate(out, hosts=50, seed=7):
@@ -82,7 +87,7 @@ def expected_demand(hostvars, groups):
         smallest = min(hostvars[database["host"]]["headroom_cpus"] for database in variables["pgbouncer_databases"])
         allowance[pooler] = 0
         for database in variables["pgbouncer_databases"]:
-            pool = database.get("pool_size", 2 * smallest + 1)
+            pool = database.get("pool_size", 4 * smallest + 4)  # what the smallest server runs best at once
             connections = processes * pool * (len(database["users"]) + auth_pools)
             demand[database["host"]] += connections
             allowance[pooler] += connections
@@ -118,13 +123,15 @@ def test_every_servers_demand_and_max_connections_add_up_from_the_inventory(flee
     assert {pooler: entry["server_connection_allowance"] for pooler, entry in plan["poolers"].items()} == allowance
     standbys = 0
     for server, entry in plan["servers"].items():
-        own = demand[server] + RESERVED
+        own = demand[server] + RESERVED + default_spare(demand[server])
         primary = hostvars[server].get("postgresql_primary")
         if primary:  # standby parity: at least its primary's max_connections
             standbys += 1
             assert entry["max_connections"] == max(own, plan["servers"][primary]["max_connections"]), server
         else:
             assert entry["max_connections"] == own, server
+        # Whatever max_connections is above demand + reserved is spare (parity may add to it).
+        assert entry["spare_connections"] == entry["max_connections"] - demand[server] - RESERVED, server
         assert entry["resources"]["memory"] == int(hostvars[server]["headroom_memory"].removesuffix("GB")) * GB
         assert entry["resources"]["memory_source"] == "inventory"
         assert entry["headroom"] == entry["ceiling"] - entry["max_connections"] >= 0

@@ -68,13 +68,16 @@ def test_a_server_within_its_ceiling_is_ok_with_its_headroom():
     budget = pg_connection_budget({"db1": {"ceiling": 100, "reserved_connections": 2}}, [pooler(users=5)])
     assert budget["db1"] == {
         "demand": 50,
+        "active_demand": 50,
         "required_max_connections": 55,
         "ceiling": 100,
         "headroom": 45,
         "verdict": "ok",
         "superuser_reserved_connections": 3,
         "reserved_connections": 2,
-        "contributors": [{"name": "pgbouncer app1 (1 process) -> appdb", "kind": "pgbouncer", "connections": 50}],
+        "contributors": [
+            {"name": "pgbouncer app1 (1 process) -> appdb", "kind": "pgbouncer", "connections": 50, "active": 50}
+        ],
     }
 
 
@@ -95,9 +98,9 @@ def test_contributors_are_listed_largest_first():
         [{"name": "cron", "target": "db1", "connections": 15}],
     )
     assert budget["db1"]["contributors"] == [
-        {"name": "pgbouncer app2 (2 processes) -> appdb", "kind": "pgbouncer", "connections": 20},
-        {"name": "cron", "kind": "direct", "connections": 15},
-        {"name": "pgbouncer app1 (1 process) -> appdb", "kind": "pgbouncer", "connections": 10},
+        {"name": "pgbouncer app2 (2 processes) -> appdb", "kind": "pgbouncer", "connections": 20, "active": 20},
+        {"name": "cron", "kind": "direct", "connections": 15, "active": 15},
+        {"name": "pgbouncer app1 (1 process) -> appdb", "kind": "pgbouncer", "connections": 10, "active": 10},
     ]
 
 
@@ -131,11 +134,14 @@ def test_a_server_may_be_given_as_a_pg_tune_spec():
         "version": 17,
         "profile": "web",
         "connection_demand": 5000,
+        "active_demand": 4000,
+        "spare_connections": 3000,
         "reserved_connections": 2,
     }
     budget = pg_connection_budget({"db1": {"spec": spec}}, [pooler(users=2)])
     # The stale demand in the spec does not matter: only the memory ceiling is taken from it.
-    assert budget["db1"]["ceiling"] == 367
+    # 16GB web: 8176MB / (2MB + 3 x 1MB) = 1635 processes, less 4 parallel workers = 1631.
+    assert budget["db1"]["ceiling"] == 1631
     assert budget["db1"]["reserved_connections"] == 2
     assert budget["db1"]["required_max_connections"] == 25
 
@@ -150,7 +156,7 @@ def test_a_pgbouncer_tune_result_plus_host_is_a_pooler():
         }
     )
     budget = pg_connection_budget({"db1": {"ceiling": 200}}, [sized | {"host": "app1"}])
-    assert budget["db1"]["demand"] == sized["server_connections"] == 2 * 2 * 9
+    assert budget["db1"]["demand"] == sized["server_connections"] == 2 * 2 * (4 * 4 + 4)
     assert budget["db1"]["contributors"][0]["name"] == "pgbouncer app1 (2 processes) -> appdb"
 
 
@@ -159,7 +165,26 @@ def test_an_auth_query_pooler_counts_its_auth_user_pools_as_pgbouncer_tune_sized
         {"cpus": 2, "server_cpus": 2, "auth_query": True, "databases": [{"name": "appdb", "users": ["app"], "target": "db1"}]}
     )
     budget = pg_connection_budget({"db1": {"ceiling": 200}}, [sized | {"host": "app1"}])
-    assert budget["db1"]["demand"] == sized["server_connections"] == 5 * (1 + 1)
+    assert budget["db1"]["demand"] == sized["server_connections"] == (4 * 2 + 4) * (1 + 1)
+
+
+def test_a_direct_clients_active_share_reaches_the_active_demand():
+    budget = pg_connection_budget(
+        {"db1": {"ceiling": 500}},
+        [pooler(users=2)],
+        [
+            {"name": "workers", "target": "db1", "connections": 30, "active": 5, "instances": 2},
+            {"name": "monitoring", "target": "db1", "connections": 3},
+        ],
+    )
+    # Pool connections are all active; workers: 2 x 5 of their 2 x 30; monitoring: all 3 (no active given).
+    assert (budget["db1"]["demand"], budget["db1"]["active_demand"]) == (20 + 60 + 3, 20 + 10 + 3)
+    assert budget["db1"]["required_max_connections"] == 83 + 3
+    assert budget["db1"]["contributors"] == [
+        {"name": "workers (2 instances)", "kind": "direct", "connections": 60, "active": 10},
+        {"name": "pgbouncer app1 (1 process) -> appdb", "kind": "pgbouncer", "connections": 20, "active": 20},
+        {"name": "monitoring", "kind": "direct", "connections": 3, "active": 3},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -206,6 +231,13 @@ def test_an_auth_query_pooler_counts_its_auth_user_pools_as_pgbouncer_tune_sized
             [],
             [{"name": "cron", "target": "db1", "connections": 1, "instances": 2, "hosts": ["a"]}],
             r"gives both instances and hosts",
+        ),
+        (
+            "a direct client's active share cannot exceed its connections",
+            {"db1": {"ceiling": 100}},
+            [],
+            [{"name": "cron", "target": "db1", "connections": 4, "active": 5}],
+            r"active must be at most 4, got 5",
         ),
         (
             "a negative ceiling is refused",

@@ -33,9 +33,14 @@ def test_the_plugin_registers_pgbouncer_tune():
             },
         ),
         (
-            "the rule of thumb gives 2 x 8 + 1 = 17 per pool for an 8-CPU server",
+            "the rule of thumb gives 4 x 8 + 4 = 36 per pool for an 8-CPU server",
             bouncer(server_cpus=8),
-            {"default_pool_size": 17, "server_connections": 17},
+            {"default_pool_size": 36, "server_connections": 36},
+        ),
+        (
+            "the rule of thumb gives 4 x 1 + 4 = 8 per pool for a 1-CPU server",
+            bouncer(server_cpus=1),
+            {"default_pool_size": 8, "server_connections": 8},
         ),
         (
             "a given default_pool_size wins over the rule of thumb",
@@ -43,9 +48,9 @@ def test_the_plugin_registers_pgbouncer_tune():
             {"default_pool_size": 10},
         ),
         (
-            "every user of a database has its own pool",
+            "every user of a database has its own pool: 3 users x (4 x 4 + 4) = 60",
             bouncer([{"name": "appdb", "users": ["app", "report", "admin"]}], server_cpus=4),
-            {"default_pool_size": 9, "server_connections": 27},
+            {"default_pool_size": 20, "server_connections": 60},
         ),
         (
             "reserve pools count as server connections",
@@ -148,14 +153,15 @@ def test_the_plugin_registers_pgbouncer_tune():
             {"default_pool_size": 2, "server_connections": 12},
         ),
         (
+            # 6 pools (3 users and 3 auth users) x (4 x 2 + 4) = 72.
             "in auth_query mode an allowance for every pool keeps the rule-of-thumb pool size",
             bouncer(
                 [{"name": "a", "users": ["app"]}, {"name": "b", "users": ["app"]}, {"name": "c", "users": ["app"]}],
                 server_cpus=2,
-                server_connection_allowance=30,
+                server_connection_allowance=72,
                 auth_query=True,
             ),
-            {"default_pool_size": 5, "server_connections": 30},
+            {"default_pool_size": 12, "server_connections": 72},
         ),
         (
             "memory for about 2kB per connection is estimated",

@@ -233,15 +233,18 @@ def test_pg_tune_agrees_with_pgtune_where_its_model_applies(sentence, given, exp
             {"max_connections": 200, "superuser_reserved_connections": 3},
         ),
         (
-            # (8176MB left - 47 processes x 10MB) / (47 x 3) = 55964kB; PGTune: 12GB / ((200 + 4) x 3) = 20560kB.
-            "a pooled demand of 40 gives max_connections 43 and far more work_mem than PGTune's 20560kB",
+            # 40 + 3 reserved + 10 spare (max(10, 20% of 40 = 8)) = 53, all active, plus 4 parallel workers:
+            # (8176MB left - 57 processes x 2MB) / (57 x 3) = 8062MB / 171 = 48277kB;
+            # PGTune: 12GB / ((200 + 4) x 3) = 20560kB.
+            "a pooled demand of 40 gives max_connections 40 + 3 + 10 spare = 53, more work_mem than PGTune's 20560kB",
             spec("16GB", connection_demand=40),
-            {"max_connections": 43, "work_mem": "55964kB"},
+            {"max_connections": 53, "work_mem": "48277kB"},
         ),
         (
-            "reserved connections are added to the demand on 16 and later",
+            # 40 + 3 superuser + 5 reserved + 10 spare = 58.
+            "reserved connections are added to the demand on 16 and later, before the spare",
             spec("16GB", version=16, connection_demand=40, reserved_connections=5),
-            {"max_connections": 48, "reserved_connections": 5},
+            {"max_connections": 58, "reserved_connections": 5},
         ),
         (
             "a fixed max_connections that fits is used as given",
@@ -279,9 +282,11 @@ def test_pg_tune_agrees_with_pgtune_where_its_model_applies(sentence, given, exp
             {"maintenance_work_mem": "4GB", "autovacuum_work_mem": "2GB"},
         ),
         (
+            # 512MB - 128MB shared_buffers - 3928kB wal_buffers - (32MB + 3 x 32MB) maintenance = 258216kB;
+            # / (2MB + 6 x 1MB) = 31 processes, less 1 parallel worker (1 CPU) = 30: mixed's 100 capped at 30.
             "a 512MB host still gets a server that starts, with PostgreSQL's minimum-respecting sizes",
             spec("512MB", cpus=1, version=13, profile="mixed"),
-            {"shared_buffers": "128MB", "maintenance_work_mem": "32MB", "wal_buffers": "3928kB", "max_connections": 6},
+            {"shared_buffers": "128MB", "maintenance_work_mem": "32MB", "wal_buffers": "3928kB", "max_connections": 30},
         ),
         (
             "a 1TB host gets shared_buffers of a quarter and maintenance at the cap",
@@ -446,14 +451,16 @@ def test_pg_tune_never_writes_io_method(version):
             r"min_wal_size 8GB is above max_wal_size 4GB",
         ),
         (
+            # 16GB web: ceiling 1631. 2003 connections need 2007 processes of 5MB = 10035MB after shared and
+            # maintenance memory, M/2 - 16MB on web: M >= 20102MB (19.6GB), rounded up to 20GB.
             "a demand above the ceiling names both numbers and the memory needed",
-            spec("16GB", version=17, connection_demand=500),
-            r"connection_demand 500 .* needs max_connections 503, above the ceiling of 367 .* about 22GB of memory",
+            spec("16GB", version=17, connection_demand=2000),
+            r"connection_demand 2000 .* needs max_connections 2003, above the ceiling of 1631 .* about 20GB of memory",
         ),
         (
             "a fixed max_connections above the ceiling is never capped",
-            spec("16GB", version=17, max_connections=1000),
-            r"max_connections 1000 \(given\) needs max_connections 1000, above the ceiling of 367",
+            spec("16GB", version=17, max_connections=2000),
+            r"max_connections 2000 \(given\) needs max_connections 2000, above the ceiling of 1631",
         ),
         (
             "a fixed max_connections below the demand is refused",
@@ -461,14 +468,32 @@ def test_pg_tune_never_writes_io_method(version):
             r"max_connections 100 is below what the demand needs: connection_demand 120 .* = 123",
         ),
         (
+            # 1GB web on 64 CPUs: ceiling 94 (see test_spare_connections); 85 + 3 = 88 leaves 6 slots.
+            "an explicit spare_connections that does not fit is refused, not trimmed",
+            spec("1GB", cpus=64, version=17, connection_demand=85, spare_connections=7),
+            r"spare_connections 7 does not fit: connection_demand 85 .* = 88 leaves 6 slots under the ceiling of 94",
+        ),
+        (
+            "active_demand above connection_demand is refused",
+            spec(connection_demand=40, active_demand=41),
+            r"active_demand must be at most 40, got 41",
+        ),
+        (
+            "active_demand without connection_demand is refused",
+            spec(active_demand=5),
+            r"active_demand 5 is the active share of connection_demand, which is not given",
+        ),
+        (
             "a fixed max_connections at the reserved slots would not start",
             spec(max_connections=3),
             r"max_connections 3 must be above 3 superuser_reserved_connections",
         ),
         (
+            # 32MB - 8MB shared_buffers - 240kB wal_buffers - (2MB + 3 x 2MB) maintenance = 16144kB: 3 processes
+            # of 5MB, no parallel worker (1 CPU, 3 / 16 = 0), so 3 connections < 3 reserved + 1.
             "a host too small for even the reserved slots is refused",
-            spec("64MB", cpus=1),
-            r"memory too small: 64MB of usable memory .* fewer than the 4 PostgreSQL needs to start",
+            spec("32MB", cpus=1),
+            r"memory too small: 32MB of usable memory .* only 3 connections, fewer than the 4 PostgreSQL needs",
         ),
     ],
 )
@@ -482,21 +507,22 @@ def test_pg_tune_refuses(sentence, given, message):
     [
         (
             # usable 16GB - 4GB shared_buffers - 16MB wal_buffers - (1GB + 3 x 1GB) maintenance = 8176MB;
-            # 8176MB / (10MB + 3 x 4MB) = 371 processes, less 4 parallel workers = 367.
-            "16GB web on 17: 8176MB left for 22MB connections, less 4 parallel workers",
+            # 8176MB / (2MB + 3 x 1MB) = 1635 processes, less 4 parallel workers (4 CPUs, under 1635 / 16) = 1631.
+            "16GB web on 17: 8176MB left for 5MB connections, less 4 parallel workers",
             spec("16GB", version=17),
-            {"ceiling": 367, "max_connections": 200, "source": "profile_default", "per_connection_memory": 22 * MB},
+            {"ceiling": 1631, "max_connections": 200, "source": "profile_default", "per_connection_memory": 5 * MB},
         ),
         (
-            # mixed: 10MB + 6 x 4MB = 34MB per connection; 8176MB / 34MB = 240, less 4 = 236.
+            # mixed: 2MB + 6 x 1MB = 8MB per connection; 8176MB / 8MB = 1022, less 4 = 1018.
             "16GB mixed on 17: six work_mem allocations per connection",
             spec("16GB", version=17, profile="mixed"),
-            {"ceiling": 236, "max_connections": 100, "maintenance_memory": 4 * GB},
+            {"ceiling": 1018, "max_connections": 100, "maintenance_memory": 4 * GB},
         ),
         (
+            # 97 + 3 reserved + 20 spare (20% of 97 = 19.4, rounded up) = 120.
             "a demand gives source demand",
             spec("16GB", version=17, connection_demand=97),
-            {"max_connections": 100, "source": "demand"},
+            {"max_connections": 120, "spare_connections": 20, "source": "demand"},
         ),
         (
             "a fixed value gives source fixed",
@@ -504,10 +530,11 @@ def test_pg_tune_refuses(sentence, given, message):
             {"max_connections": 120, "source": "fixed"},
         ),
         (
-            # 4GB: 4096 - 1024 - 16 - 1024 = 2032MB / 22MB = 92, less 4 = 88.
+            # 2GB: 2048 - 512 shared_buffers - 16 wal_buffers - (128 + 3 x 128) maintenance = 1008MB / 5MB = 201,
+            # less 4 = 197, below web's 200.
             "the profile default is capped at the ceiling of a small host",
-            spec("4GB", version=17),
-            {"ceiling": 88, "max_connections": 88, "source": "profile_default"},
+            spec("2GB", version=17),
+            {"ceiling": 197, "max_connections": 197, "source": "profile_default"},
         ),
         (
             "the numbers used are returned in bytes",
@@ -520,9 +547,10 @@ def test_pg_tune_refuses(sentence, given, message):
             },
         ),
         (
+            # 2MB + 3 x 64MB = 194MB; 8176MB / 194MB = 42 processes, of which 42 / 16 = 2 parallel workers: 40.
             "a pinned work_mem is what each connection gets in the ceiling",
             spec("16GB", version=17, overrides={"work_mem": "64MB"}),
-            {"per_connection_memory": 202 * MB, "ceiling": 36},
+            {"per_connection_memory": 194 * MB, "ceiling": 40, "parallel_workers": 2},
         ),
     ],
 )
@@ -537,17 +565,18 @@ def test_pg_max_connections(sentence, given, expected):
         (
             "a default within the ceiling says so",
             spec("16GB", version=17),
-            "PGTune's default 200 for web, within the ceiling of 367",
+            "PGTune's default 200 for web, within the ceiling of 1631",
         ),
         (
             "a capped default says it was capped",
-            spec("4GB", version=17),
-            "is above the ceiling of 88 that 4GB of usable memory allows",
+            spec("2GB", version=17),
+            "is above the ceiling of 197 that 2GB of usable memory allows",
         ),
         (
-            "a demand shows its sum",
+            "a demand shows its sum with the spare",
             spec("16GB", version=17, connection_demand=97),
-            "connection_demand 97 + 3 superuser_reserved_connections + 0 reserved_connections = 100",
+            "connection_demand 97 + 3 superuser_reserved_connections + 0 reserved_connections + 20 spare "
+            "(default spare max(10, 20% of demand)) = 120, within the ceiling of 1631",
         ),
     ],
 )
@@ -559,6 +588,143 @@ def test_a_smaller_demand_gives_more_work_mem_than_the_profile_default():
     pooled = pg_tune(spec("16GB", connection_demand=40))
     default = pg_tune(spec("16GB"))
     assert pg_size_bytes(pooled["work_mem"], "kB") > 2 * pg_size_bytes(default["work_mem"], "kB")
+
+
+# 1GB web on 17: 1GB - 256MB shared_buffers - 7864kB wal_buffers - (64MB + 3 x 64MB) maintenance = 516424kB;
+# / 5MB = 100 processes, 100 / 16 = 6 parallel workers: ceiling 94. 64 CPUs keep the advice (520) far away.
+SMALL_MANY_CPUS = {"memory": "1GB", "cpus": 64, "version": 17, "profile": "web"}
+
+
+@pytest.mark.parametrize(
+    ("sentence", "given", "expected"),
+    [
+        (
+            "a demand of 40 gets the least spare, 10 (20% would be 8): 40 + 3 + 10 = 53",
+            spec("16GB", version=17, connection_demand=40),
+            {"spare_connections": 10, "max_connections": 53, "warnings": []},
+        ),
+        (
+            "a demand of 300 gets 20% spare, 60: 300 + 3 + 60 = 363",
+            spec("16GB", version=17, cpus=128, connection_demand=300),
+            {"spare_connections": 60, "max_connections": 363, "warnings": []},
+        ),
+        (
+            "20% is rounded up: 51 gets 11 (10.2): 51 + 3 + 11 = 65",
+            spec("16GB", version=17, connection_demand=51),
+            {"spare_connections": 11, "max_connections": 65},
+        ),
+        (
+            "spare_connections replaces the default: 40 + 3 + 25 = 68",
+            spec("16GB", version=17, connection_demand=40, spare_connections=25),
+            {"spare_connections": 25, "max_connections": 68, "warnings": []},
+        ),
+        (
+            "spare_connections 0 leaves exactly demand + reserved: 40 + 3 = 43",
+            spec("16GB", version=17, connection_demand=40, spare_connections=0),
+            {"spare_connections": 0, "max_connections": 43},
+        ),
+        (
+            "an explicit spare that just fits under the ceiling is kept without a warning: 85 + 3 + 6 = 94",
+            SMALL_MANY_CPUS | {"connection_demand": 85, "spare_connections": 6},
+            {"ceiling": 94, "spare_connections": 6, "max_connections": 94, "warnings": []},
+        ),
+        (
+            "a profile default has no spare",
+            spec("16GB", version=17),
+            {"spare_connections": None, "max_connections": 200},
+        ),
+    ],
+)
+def test_spare_connections(sentence, given, expected):
+    report = pg_max_connections(given)
+    assert {key: report[key] for key in expected} == expected, sentence
+
+
+def test_the_default_spare_is_trimmed_to_the_ceiling_with_a_warning():
+    # 85 + 3 = 88 fits the ceiling of 94; the default spare would be 17 (20% of 85), only 6 fit.
+    report = pg_max_connections(SMALL_MANY_CPUS | {"connection_demand": 85})
+    assert (report["ceiling"], report["advice"]) == (94, 2 * (4 * 64 + 4))
+    assert (report["max_connections"], report["spare_connections"], report["source"]) == (94, 6, "demand")
+    (warning,) = report["warnings"]
+    assert warning.startswith(
+        "only 6 spare slots fit above connection_demand 85 + 3 superuser_reserved_connections + 0 "
+        "reserved_connections = 88 under the ceiling of 94, fewer than the 17 of the default spare"
+    )
+    assert pg_tune(SMALL_MANY_CPUS | {"connection_demand": 85})["max_connections"] == 94
+
+
+def test_a_fixed_max_connections_above_the_advice_is_kept_with_a_warning():
+    # 4 CPUs: advice 2 x (4 x 4 + 4) = 40; 500 is far under the ceiling of 1631, so it is honoured.
+    given = spec("16GB", version=17, max_connections=500)
+    report = pg_max_connections(given)
+    assert (report["max_connections"], report["source"]) == (500, "fixed")
+    assert (report["advice"], report["ceiling"]) == (40, 1631)
+    (warning,) = report["warnings"]
+    assert warning.startswith("500 connections may run queries at once, more than the 40 that 4 CPU(s) serve well")
+    assert "twice the 20 that run best" in warning and "PgBouncer" in warning
+    assert pg_tune(given)["max_connections"] == 500
+
+
+def test_a_demand_within_the_advice_has_no_warning_and_one_above_it_has():
+    # 4 CPUs: advice 40. The warning counts the demand, not the spare or reserved slots.
+    assert pg_max_connections(spec("16GB", version=17, connection_demand=40))["warnings"] == []
+    (warning,) = pg_max_connections(spec("16GB", version=17, connection_demand=41))["warnings"]
+    assert warning.startswith("41 connections may run queries at once, more than the 40")
+
+
+def test_active_demand_lowers_the_active_connections_and_raises_work_mem():
+    # 200 + 3 + 40 spare = 243 connections; 180 of the demand are idle, so 243 - 180 = 63 are active.
+    # 16GB web on 18: 8176MB - (243 + 4 workers) x 2MB = 7682MB left for work_mem;
+    # all active: 7682MB / ((243 + 4) x 3) = 10615kB; 63 active: 7682MB / ((63 + 4) x 3) = 39136kB.
+    everyone = spec("16GB", connection_demand=200)
+    mostly_idle = spec("16GB", connection_demand=200, active_demand=20)
+    assert pg_max_connections(everyone)["active_connections"] == 243
+    report = pg_max_connections(mostly_idle)
+    assert (report["max_connections"], report["active_connections"]) == (243, 63)
+    assert pg_tune(everyone)["work_mem"] == "10615kB"
+    assert pg_tune(mostly_idle)["work_mem"] == "39136kB"
+    # The advice (40 on 4 CPUs) is about what runs at once: 200 warns, 20 active do not.
+    assert pg_max_connections(everyone)["warnings"] and report["warnings"] == []
+
+
+def test_a_large_host_with_a_tiny_demand_gets_work_mem_capped_at_256mb():
+    # 256GB web: 1 + 3 + 10 = 14 connections would each get about 2GB per allocation; the cap is 256MB.
+    settings = pg_tune(spec("256GB", cpus=16, version=17, connection_demand=1))
+    assert settings["max_connections"] == 14
+    assert settings["work_mem"] == "256MB"
+
+
+def test_a_small_host_with_many_cpus_is_tuned_with_fewer_parallel_workers():
+    # 2GB dw on 17: 2048 - 512 shared_buffers - 16 wal_buffers - (256 + 3 x 256) maintenance = 496MB;
+    # / (2MB + 6 x 1MB) = 62 processes; 62 / 16 = 3 parallel workers, not 64: ceiling 59, dw's 40 fit.
+    # work_mem: (496MB - 43 x 2MB) / (43 x 6) = 1627kB.
+    given = {"memory": "2GB", "cpus": 64, "version": 17, "profile": "dw"}
+    settings = pg_tune(given)
+    assert pg_max_connections(given)["ceiling"] == 59
+    assert {
+        name: settings[name]
+        for name in (
+            "max_connections",
+            "max_parallel_workers",
+            "max_worker_processes",
+            "max_parallel_workers_per_gather",
+            "max_parallel_maintenance_workers",
+            "work_mem",
+        )
+    } == {
+        "max_connections": 40,
+        "max_parallel_workers": 3,
+        "max_worker_processes": 8,
+        "max_parallel_workers_per_gather": 2,
+        "max_parallel_maintenance_workers": 2,
+        "work_mem": "1627kB",
+    }
+
+
+def test_connection_memory_for_a_large_schema_lowers_the_ceiling():
+    # 20MB + 3 x 1MB = 23MB per connection: 8176MB / 23MB = 355 processes, less 4 workers = 351.
+    report = pg_max_connections(spec("16GB", version=17, connection_memory="20MB"))
+    assert (report["connection_memory"], report["per_connection_memory"], report["ceiling"]) == (20 * MB, 23 * MB, 351)
 
 
 UNLIMITED_V1 = "9223372036854771712"
@@ -768,3 +934,20 @@ def test_pg_size_pretty(sentence, value, expected):
 def test_pg_size_pretty_refuses(sentence, value, message):
     with pytest.raises(AnsibleFilterError, match=message):
         pg_size_pretty(value)
+
+
+def test_spare_connections_without_a_demand_does_not_apply():
+    # A standby raised to its primary's max_connections by parity has no demand of its own.
+    report = pg_max_connections(
+        {"memory": "4GB", "cpus": 2, "version": 15, "max_connections": 50, "spare_connections": 5}
+    )
+    assert (report["source"], report["max_connections"], report["spare_connections"]) == ("fixed", 50, None)
+
+
+def test_a_given_max_connections_is_counted_active_against_the_advice():
+    # 2 CPUs: advice 2 x (4 x 2 + 4) = 24; 500 given with a demand of 20, all may be active.
+    report = pg_max_connections(
+        {"memory": "16GB", "cpus": 2, "version": 15, "max_connections": 500, "connection_demand": 20}
+    )
+    assert report["max_connections"] == 500
+    assert any(warning.startswith("500 connections may run queries at once") for warning in report["warnings"])

@@ -12,7 +12,12 @@ from ansible_collections.headroom.pg.plugins.filter.postgresql_sizing import (
     pg_tune,
 )
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_parameters import known_parameters, memory_range
-from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import worst_case_memory
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import (
+    RDS_BYTES_PER_CONNECTION,
+    SPARE_MIN,
+    WORK_MEM_FLOOR,
+    worst_case_memory,
+)
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import unit_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,13 +55,46 @@ def tune_or_none(spec):
         return None
 
 
-@given(memory_mb, base_spec)
-def test_the_memory_bound_always_holds(memory, spec):
+@given(memory_mb, base_spec, st.floats(min_value=0, max_value=1))
+def test_the_memory_bound_always_holds(memory, spec, active_share):
     spec = {**spec, "memory": memory * MB}
+    if "connection_demand" in spec:
+        spec["active_demand"] = int(spec["connection_demand"] * active_share)
     result = tune_or_none(spec)
     if result is not None:
-        usable = pg_max_connections(spec)["usable_memory"]
-        assert worst_case_memory(result, spec["profile"]) <= usable
+        report = pg_max_connections(spec)
+        active = report["active_connections"]
+        assert active <= result["max_connections"]
+        assert worst_case_memory(result, spec["profile"], active) <= report["usable_memory"]
+
+
+@given(st.integers(min_value=512, max_value=1024 * 1024), base_spec)
+def test_every_host_from_512mb_up_gets_a_configuration(memory, spec):
+    spec = {key: value for key, value in spec.items() if key not in ("connection_demand", "memory_fraction", "reserved_memory")}
+    result = pg_tune({**spec, "memory": memory * MB})
+    assert result["max_connections"] > result["superuser_reserved_connections"]
+
+
+@given(memory_mb, base_spec)
+def test_a_demand_that_fits_keeps_spare_slots(memory, spec):
+    spec = {**spec, "memory": memory * MB}
+    if "connection_demand" not in spec or tune_or_none(spec) is None:
+        return
+    report = pg_max_connections(spec)
+    reserved = report["superuser_reserved_connections"] + report["reserved_connections"]
+    required = max(spec["connection_demand"] + reserved, reserved + 1)
+    wanted = max(SPARE_MIN, -(-spec["connection_demand"] // 5))
+    assert report["spare_connections"] == min(wanted, report["ceiling"] - required)
+    assert report["max_connections"] == required + report["spare_connections"] <= report["ceiling"]
+
+
+@pytest.mark.parametrize("gigabytes", [1, 2, 4, 8, 16, 32, 64])
+@pytest.mark.parametrize("profile", ["web", "oltp"])
+@pytest.mark.parametrize("cpus", [1, 2, 8, 64])
+def test_the_ceiling_is_at_least_four_fifths_of_rds(gigabytes, profile, cpus):
+    memory = gigabytes * 1024 * MB
+    report = pg_max_connections({"memory": memory, "cpus": cpus, "version": 17, "profile": profile})
+    assert report["ceiling"] >= 0.8 * memory / RDS_BYTES_PER_CONNECTION
 
 
 @given(memory_mb, memory_mb, base_spec)
@@ -91,7 +129,7 @@ def test_every_value_is_one_the_server_accepts(memory, spec):
     reserved = result["superuser_reserved_connections"] + result.get("reserved_connections", 0)
     assert reserved < result["max_connections"] <= 262143
     assert 0 <= result["effective_io_concurrency"] <= 1000
-    assert pg_size_bytes(result["work_mem"], "kB") >= 4 * MB
+    assert WORK_MEM_FLOOR <= pg_size_bytes(result["work_mem"], "kB") <= 256 * MB
     assert pg_size_bytes(result["min_wal_size"], "MB") <= pg_size_bytes(result["max_wal_size"], "MB")
     assert result["max_parallel_workers_per_gather"] <= result["max_parallel_workers"] <= result["max_worker_processes"]
 
