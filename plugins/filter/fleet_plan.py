@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import pg_connection_budget
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
-from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_count_or_names, as_int, as_size
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import tune_with_report
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import MB
 
@@ -51,7 +51,10 @@ PGBOUNCER_OPTIONAL = {
 }
 PGBOUNCER_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "max_db_connections")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-CLIENT_KEYS = ("name", "target", "connections", "active", "instances", "hosts", "group")
+CLIENT_KEYS = ("name", "target", "connections", "active", "instances", "hosts", "group", "reserved", "role")
+
+#: The first PostgreSQL with reserved_connections and the role pg_use_reserved_connections.
+RESERVED_CONNECTIONS_FROM = 16
 
 #: The inventory model's variables the plan reads on a database server and on a PgBouncer
 #: host, and the cached facts it reads on both.
@@ -310,8 +313,14 @@ def _direct_clients(direct_clients, groups, servers):
                 f"{what} ({client['name']}) targets {client['target']!r}, which is not a host of group postgresql "
                 f"({', '.join(sorted(servers)) or 'none'})"
             )
+        if not isinstance(client.get("reserved", False), bool):
+            raise AnsibleFilterError(f"{what} ({client['name']}): reserved must be true or false, got {client['reserved']!r}")
+        if "role" in client and (not isinstance(client["role"], str) or not client["role"]):
+            raise AnsibleFilterError(f"{what} ({client['name']}): role must be a role name, got {client['role']!r}")
         entry = {
-            key: client[key] for key in ("name", "target", "connections", "active", "instances", "hosts") if key in client
+            key: client[key]
+            for key in ("name", "target", "connections", "active", "instances", "hosts", "reserved", "role")
+            if key in client
         }
         if "group" in client:
             members = groups.get(client["group"])
@@ -323,6 +332,29 @@ def _direct_clients(direct_clients, groups, servers):
             entry["hosts"] = list(members)
         clients.append(entry)
     return clients
+
+
+def _reserved_clients(clients, resources, specs):
+    """Operations clients (``reserved: true``) on PostgreSQL 16+ go to reserved_connections, not the demand.
+
+    Their roles get pg_use_reserved_connections (postgresql_tuning), so they still log in when
+    applications have used every ordinary slot. Before 16 they count as ordinary demand.
+    Returns the clients for the budget and, per server, the roles to grant.
+    """
+    roles = {host: [] for host in specs}
+    ordinary = []
+    for client in clients:
+        reserved, role = client.pop("reserved", False), client.pop("role", None)
+        target = client["target"]
+        if not reserved or resources[target]["version"] < RESERVED_CONNECTIONS_FROM:
+            ordinary.append(client)
+            continue
+        instances = as_count_or_names(client.get("instances", client.get("hosts", 1)), f"{client['name']}.instances")
+        connections = as_int(client["connections"], f"{client['name']}.connections", minimum=0) * instances
+        specs[target]["reserved_connections"] = specs[target].get("reserved_connections", 0) + connections
+        if role and role not in roles[target]:
+            roles[target].append(role)
+    return ordinary, roles
 
 
 def _primaries(hostvars, servers):
@@ -412,11 +444,12 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
     pooler_plans = {
         host: _pooler(hostvars, host, set(servers), addresses, server_cpus_of, defaults) for host in poolers
     }
+    clients, reserved_roles = _reserved_clients(_direct_clients(direct_clients, groups, set(servers)), resources, specs)
     try:
         budget = pg_connection_budget(
             {host: {"spec": specs[host]} for host in servers},
             [plan["sizing"] | {"host": host} for host, plan in pooler_plans.items()],
-            _direct_clients(direct_clients, groups, set(servers)),
+            clients,
         )
     except AnsibleFilterError as err:
         raise AnsibleFilterError("connection budget") from err
@@ -452,6 +485,8 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
             "tuning_max_connections": None,
             "tuning_demand": spec.get("connection_demand"),
             "tuning_active_demand": spec.get("active_demand"),
+            "tuning_reserved_connections": spec.get("reserved_connections", 0),
+            "reserved_roles": reserved_roles[host],
             "spare_connections": None,
             "advice": None,
             "warnings": [],

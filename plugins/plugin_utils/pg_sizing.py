@@ -607,9 +607,10 @@ def plan(spec):
     # Every connection may run a query at once, except demand declared idle.
     idle = demand - checked["active_demand"] if checked["active_demand"] is not None else 0
     active = max_connections - idle
-    # The declared load: a given max_connections all of it (but its idle part), else the active demand.
+    # The declared load: the active demand, else a given max_connections (a standby raised to its
+    # primary's max_connections by parity keeps its own, smaller load).
     at_once = checked["active_demand"] if checked["active_demand"] is not None else demand
-    count = active if source == "fixed" else at_once
+    count = max_connections if at_once is None else at_once
     if source != "profile_default" and count > model["advice"]:
         warnings.append(
             f"{count} connections may run queries at once, more than the {model['advice']} that "

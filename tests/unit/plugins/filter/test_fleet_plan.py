@@ -111,6 +111,26 @@ def test_a_direct_clients_active_share_reaches_the_tuning_of_its_server():
     assert (db1["advice"], db1["warnings"], result["warnings"]) == (24, [], [])
 
 
+@pytest.mark.parametrize(("version", "reserved", "demand"), [(16, 2, 10), (15, 0, 12)])
+def test_operations_clients_take_reserved_slots_from_postgresql_16(version, reserved, demand):
+    result = plan(
+        {"db1": server(version=version), "app1": bouncer({"name": "app", "host": "db1", "users": 1, "pool_size": 10})},
+        clients=[{"name": "exporter", "target": "db1", "connections": 2, "reserved": True, "role": "monitor"}],
+    )
+    db1 = result["servers"]["db1"]
+    # 16+: the exporter's 2 are reserved_connections, granted to its role; 15: ordinary demand.
+    assert (db1["demand"], db1["reserved_connections"], db1["tuning_reserved_connections"]) == (demand, reserved, reserved)
+    assert db1["reserved_roles"] == (["monitor"] if version >= 16 else [])
+    # demand + 3 superuser + reserved + 10 spare
+    assert db1["max_connections"] == demand + 3 + reserved + 10
+    assert db1["settings"].get("reserved_connections", 0) == reserved
+
+
+def test_reserved_must_be_a_boolean():
+    with pytest.raises(AnsibleFilterError, match="reserved must be true or false"):
+        plan({"db1": server()}, clients=[{"name": "x", "target": "db1", "connections": 1, "reserved": "yes"}])
+
+
 def test_a_pgbouncer_without_pool_sizes_gets_the_rule_of_thumb_from_its_server_cpus():
     result = plan({"db1": server(cpus=4), "app1": bouncer({"name": "app", "host": "db1", "users": 1})})
     assert result["poolers"]["app1"]["server_cpus"] == 4

@@ -944,10 +944,13 @@ def test_spare_connections_without_a_demand_does_not_apply():
     assert (report["source"], report["max_connections"], report["spare_connections"]) == ("fixed", 50, None)
 
 
-def test_a_given_max_connections_is_counted_active_against_the_advice():
-    # 2 CPUs: advice 2 x (4 x 2 + 4) = 24; 500 given with a demand of 20, all may be active.
-    report = pg_max_connections(
+def test_the_advice_counts_the_declared_load():
+    # 2 CPUs: advice 2 x (4 x 2 + 4) = 24. 500 given alone is the load; with a demand of 20
+    # (a standby raised to its primary's 500 by parity) the load is the demand.
+    alone = pg_max_connections({"memory": "16GB", "cpus": 2, "version": 15, "max_connections": 500})
+    assert any(warning.startswith("500 connections may run queries at once") for warning in alone["warnings"])
+    raised = pg_max_connections(
         {"memory": "16GB", "cpus": 2, "version": 15, "max_connections": 500, "connection_demand": 20}
     )
-    assert report["max_connections"] == 500
-    assert any(warning.startswith("500 connections may run queries at once") for warning in report["warnings"])
+    assert raised["max_connections"] == 500
+    assert not any("may run queries at once" in warning for warning in raised["warnings"])
