@@ -11,8 +11,13 @@ def expected(host, pg, memory_limit):
     cpus = int(host.check_output("getconf _NPROCESSORS_ONLN"))
     resources = effective_resources({"memory": memory_limit, "cpus": cpus})
     return pg_tune(
-        {"memory": resources["memory"], "cpus": resources["cpus"], "version": pg.version, "profile": "web", "storage": "ssd"}
+        {"memory": resources["memory"], "cpus": resources["cpus"], "version": pg.version, "profile": "web", "storage": "ssd",
+         "reserved_connections": RESERVED.get(host.backend.get_hostname(), 0)}
     )
+
+
+# molecule.yml: postgresql_tuning_reserved_connections on the PostgreSQL 16+ hosts.
+RESERVED = {"headroom-tuning-debian13": 2, "headroom-tuning-forky": 2}
 
 
 def full_mode(host):
@@ -61,3 +66,11 @@ def test_nothing_waits_for_a_restart(pg):
 
 def test_server_read_the_files_without_errors(pg):
     assert pg.sql("SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"
+
+
+def test_operations_roles_get_the_reserved_slots_on_16_and_later(host, pg):
+    if host.backend.get_hostname() not in RESERVED:
+        assert pg.version < 16 or pg.show("reserved_connections") == "0"
+        return
+    assert pg.show("reserved_connections") == str(RESERVED[host.backend.get_hostname()])
+    assert pg.sql("SELECT pg_has_role('headroom_monitor', 'pg_use_reserved_connections', 'MEMBER')") == "t"
