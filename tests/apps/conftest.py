@@ -126,4 +126,3 @@ def budget(monkeypatch, server):
             monkeypatch.setenv(name, str(value))
     monkeypatch.delenv("PGHOST", raising=False)
     return give
-
