@@ -11,6 +11,11 @@ The pattern:
 * opening a connection retries 53300 and 57P03 with capped exponential backoff and full jitter
   (retry.py); every other error reaches the caller at once.
 
+psycopg2's pool has no queue and does not grow in the background: while the server has fewer
+free slots than the budget, workers race for the connections it has, and one that keeps losing
+gets 53300 once its retries are spent. Retries ride out a restart or a burst of other clients;
+a lasting shortage is a budget that does not fit (psycopg 3's pool waits instead).
+
     HEADROOM_POOL_SIZE=8 HEADROOM_DSN='host=db1 dbname=app user=app' python service_psycopg2.py
 """
 

@@ -124,5 +124,4 @@ def budget(monkeypatch, server):
         monkeypatch.setenv("HEADROOM_POOL_SIZE", str(pool_size))
         for name, value in extra.items():
             monkeypatch.setenv(name, str(value))
-    monkeypatch.delenv("PGHOST", raising=False)
     return give

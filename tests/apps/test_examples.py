@@ -3,19 +3,23 @@
 Each example gets a budget of 8 connections where only 4 slots are free, and 300 concurrent
 workers that each run a unit of work. Its pool's first connections beyond those 4 are refused
 with 53300 and must be retried; other clients then leave, one every 0.1 s, and the retries get
-their slots. No error may reach a worker. A leaking variant, on a server that stays full, fails the
-way a leak does while the well-behaved service beside it goes on.
+their slots. No error may reach a worker; without the retry the same run gives them 53300. A
+leaking variant, on a server that stays full, fails the way a leak does while the well-behaved
+service beside it goes on. A server in a smart shutdown refuses with its real 57P03 message,
+which the retry knows.
 """
 
 import concurrent.futures
 import time
 
+import psycopg
 import psycopg2
 import psycopg2.pool
 import pytest
 import retry
 import service_psycopg2
 import service_psycopg3
+from conftest import VERSION, sh, wait_until_it_answers
 
 WORKERS = 300
 POOL_SIZE = 8
@@ -59,6 +63,22 @@ def test_no_error_reaches_the_caller_on_a_nearly_full_server(server, budget, exa
     assert service.retry.retries["53300"] > 0
     # It never holds more than its budget.
     assert 0 < held <= POOL_SIZE
+
+
+def test_without_the_retry_the_same_run_fails(server, budget):
+    """The control: the psycopg2 example with a single attempt, on the same server, gives its callers 53300."""
+    server.fill(leave=FREE_SLOTS)
+    budget(POOL_SIZE, HEADROOM_RETRY_ATTEMPTS=1)
+    service = service_psycopg2.Service()
+    leaving = server.free_gradually(POOL_SIZE - FREE_SLOTS + 2)
+    try:
+        results, errors = concurrently(service.handle)
+        leaving.join()
+    finally:
+        service.close()
+    assert errors
+    assert {retry.transient(exc) for exc in errors} == {"53300"}
+    assert len(results) + len(errors) == WORKERS
 
 
 class Leaky(service_psycopg2.Service):
@@ -119,3 +139,22 @@ def test_a_leak_fails_like_a_leak_while_the_well_behaved_service_goes_on(server,
 def test_what_is_retried(message, code):
     """PostgreSQL's refusals (from its source, 15 to 18) are known by their text, as libpq gives no SQLSTATE there."""
     assert retry.transient(psycopg2.OperationalError(f'connection to server at "db1", port 5432 failed: {message}')) == code
+
+
+def test_a_server_shutting_down_is_refused_with_57P03_and_retried(server, budget):
+    """A smart shutdown waits for the last session and refuses new ones: the retry knows the real message."""
+    server.release()
+    budget(1, HEADROOM_RETRY_ATTEMPTS=3, HEADROOM_RETRY_CAP=0.1)
+    last = psycopg.connect(server.dsn)
+    try:
+        sh(f"kill -TERM $(head -1 /var/lib/postgresql/{VERSION}/main/postmaster.pid)")  # SIGTERM: smart shutdown
+        attempts = retry.Retry()
+        with pytest.raises(psycopg2.OperationalError, match="the database system is shutting down") as refused:
+            attempts(psycopg2.connect, server.dsn)
+        assert retry.transient(refused.value) == "57P03"
+        assert attempts.retries == {"57P03": 2}
+    finally:
+        last.close()
+        sh(f"for i in $(seq 100); do systemctl is-active -q postgresql@{VERSION}-main || break; sleep 0.1; done; "
+           f"systemctl reset-failed postgresql@{VERSION}-main; systemctl start postgresql@{VERSION}-main")
+        wait_until_it_answers()
