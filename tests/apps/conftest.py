@@ -65,12 +65,15 @@ class Server:
         for _slot in range(SLOTS - leave):
             self.fillers.append(psycopg.connect(self.dsn, autocommit=True))
 
-    def free_gradually(self, count, interval=0.1):
-        """Close ``count`` of the idle sessions, one every ``interval`` seconds, from a thread: other
-        clients leaving. The thread is returned; join it."""
+    def free_gradually(self, count, when, interval=0.1):
+        """From a thread, once ``when()`` is true (or after 10 s), close ``count`` of the idle
+        sessions, one every ``interval`` seconds: other clients leaving. The thread is returned; join it."""
         leaving = [self.fillers.pop() for _slot in range(count)]
 
         def leave():
+            deadline = time.monotonic() + 10
+            while not when() and time.monotonic() < deadline:
+                time.sleep(0.01)
             for conn in leaving:
                 time.sleep(interval)
                 conn.close()
