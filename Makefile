@@ -13,15 +13,15 @@ PLAYBOOKS := site.yml $(wildcard playbooks/*.yml)
 stage = @echo; echo "==== $(1) ===="; echo
 
 # The stages of `make test`, in order; each prints its duration at the end (reports/stage-times.tsv).
-TEST_STAGES := setup lint syntax unit collection $(addprefix molecule-,$(SCENARIOS)) bench-smoke
+TEST_STAGES := setup lint syntax unit apps collection $(addprefix molecule-,$(SCENARIOS)) bench-smoke
 STAGE_TIMES := reports/stage-times.tsv
 
-.PHONY: help setup lint unit syntax molecule collection bench bench-smoke test lab lab-down clean
+.PHONY: help setup lint unit apps syntax molecule collection bench bench-smoke test lab lab-down clean
 
 help:
 	@echo "make lab       build the images, start the lab, run site.yml against it"
 	@echo "make lab-down  remove the lab containers"
-	@echo "make test      lint, syntax, unit tests, collection install test, every molecule scenario, bench-smoke"
+	@echo "make test      lint, syntax, unit tests, client examples (apps), collection install test, every molecule scenario, bench-smoke"
 	@echo "make setup     virtualenv, Docker engine and the lab's images only"
 	@echo "make molecule-NAME  one molecule scenario (molecule/NAME)"
 	@echo "make bench     benchmarks on the lab (long); results in bench/results/<date>/"
@@ -60,6 +60,11 @@ syntax: $(BIN)/ansible
 unit: $(BIN)/ansible
 	$(call stage,unit: pytest tests/unit)
 	pytest -q tests/unit
+
+# examples/ (the client pattern) against PostgreSQL 15 in container headroom-apps-db (removed at the end).
+apps: setup
+	$(call stage,apps: the client examples against a real PostgreSQL)
+	pytest -q tests/apps
 
 collection: setup
 	$(call stage,collection: build and install headroom.pg into an unrelated project)
