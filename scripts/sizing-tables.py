@@ -1,10 +1,10 @@
-"""Print the README's sizing tables from the filters themselves.
+"""Print the sizing tables of docs/sizing.md from the filters themselves.
 
     .venv/bin/python scripts/sizing-tables.py            print the tables (Markdown)
-    .venv/bin/python scripts/sizing-tables.py --write    replace them in README.md
+    .venv/bin/python scripts/sizing-tables.py --write    replace them in docs/sizing.md
 
-The README holds them between the markers ``<!-- sizing-tables -->`` and
-``<!-- /sizing-tables -->``; tests/unit/test_readme_tables.py fails when they differ.
+docs/sizing.md holds them between the markers ``<!-- sizing-tables -->`` and
+``<!-- /sizing-tables -->``; tests/unit/test_doc_tables.py fails when they differ.
 """
 
 import math
@@ -25,7 +25,7 @@ from ansible_collections.headroom.pg.plugins.filter.postgresql_sizing import (  
 )
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import RDS_BYTES_PER_CONNECTION  # noqa: E402
 
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "sizing.md"
 START, END = "<!-- sizing-tables -->", "<!-- /sizing-tables -->"
 MB = 1024**2
 HOSTS = [("512MB", 1), ("1GB", 2), ("4GB", 2), ("16GB", 4), ("64GB", 16), ("256GB", 64)]
@@ -79,12 +79,12 @@ def tables():
 def replace(text, block):
     pattern = re.compile(re.escape(START) + r"\n.*?" + re.escape(END), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no {START} ... {END} block")
+        raise SystemExit(f"docs/sizing.md has no {START} ... {END} block")
     return pattern.sub(lambda _match: f"{START}\n{block}{END}", text)
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
-        README.write_text(replace(README.read_text(encoding="utf-8"), tables()), encoding="utf-8")
+        DOC.write_text(replace(DOC.read_text(encoding="utf-8"), tables()), encoding="utf-8")
     else:
         sys.stdout.write(tables())

@@ -23,12 +23,12 @@ PARITY = ["max_connections", "max_worker_processes", "max_wal_senders", "max_pre
           "max_locks_per_transaction"]
 RUN = str(int(time.time()))  # application names unique to this run: earlier runs' sessions may linger
 UNIT_BYTES = {None: 1, "": 1, "B": 1, "kB": 1024, "8kB": 8192, "MB": 1024**2}
-CONNECTION_MEMORY = 2 * 1024**2  # README: a backend's own memory outside work_mem (measured)
-WEB_ALLOCATIONS = 3  # README: work_mem areas per connection for the web profile
+CONNECTION_MEMORY = 2 * 1024**2  # docs/sizing.md: a backend's own memory outside work_mem (measured)
+WEB_ALLOCATIONS = 3  # docs/sizing.md: work_mem areas per connection for the web profile
 
 
 def pool_rule(server_cpus):
-    """README: PgBouncer's default pool, what the server runs best at once."""
+    """docs/sizing.md: PgBouncer's default pool, what the server runs best at once."""
     return 4 * server_cpus + 4
 
 
@@ -128,7 +128,7 @@ def test_max_connections_covers_the_demand_and_fits_in_memory(server):
     # Demand + reserved + the default spare of max(10, 20% of the demand).
     spare = max(10, -(-expected_demand()[server] // 5))
     assert max_connections >= expected_demand()[server] + int(live["superuser_reserved_connections"]["setting"]) + spare
-    # The README's memory bound, every connection active, from the running values, against the container's limit.
+    # docs/sizing.md's memory bound, every connection active, from the running values, against the container's limit.
     processes = max_connections + int(live["max_parallel_workers"]["setting"])
     worst = (
         bytes_of(live["shared_buffers"]) + bytes_of(live["wal_buffers"])
