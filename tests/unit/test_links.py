@@ -67,7 +67,7 @@ def broken_links(path):
     for number, target in links(path):
         if EXTERNAL.match(target):
             continue
-        file_part, _, fragment = target.partition("#")
+        file_part, _sep, fragment = target.partition("#")
         dest = (path.parent / file_part).resolve() if file_part else path
         if not dest.exists():
             found.append((number, target, "no such file"))
