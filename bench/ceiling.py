@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from memory import MB, Server
-from part import logger, main, run
+from part import logger, main, pgbench_summary, run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -121,17 +121,14 @@ def point(server, workload, connection_memory, size):
     errors = [line for line in out.stderr.splitlines()
               if any(word in line for word in ("connection to server", "too many", "remaining connection"))]
     aborted = [line for line in out.stderr.splitlines() if "aborted" in line or "terminat" in line or "memory" in line]
-    failed = next((line.split(":")[1].split()[0] for line in out.stdout.splitlines()
-                   if line.startswith("number of failed transactions")), None)
-    tps = next((float(line.split("=")[1].split()[0]) for line in out.stdout.splitlines()
-                if line.startswith("tps =") and "without initial" in line), 0.0)
+    tps, failed = pgbench_summary(out.stdout)
     limit = pg_size_bytes(server.limit)
     return {
         "memory_limit": server.limit, "cpus": server.cpus, "workload": workload,
         "connection_memory": connection_memory or "default (2MB)", "ceiling": report["ceiling"],
         "max_connections": settings["max_connections"], "work_mem": settings["work_mem"],
-        "shared_buffers": settings["shared_buffers"], "clients": clients, "exit_code": out.returncode, "tps": tps,
-        "failed_transactions": int(failed) if failed and failed.isdigit() else None,
+        "shared_buffers": settings["shared_buffers"], "clients": clients, "exit_code": out.returncode, "tps": tps or 0.0,
+        "failed_transactions": failed,
         "connection_errors": len(errors), "errors_sample": (errors + aborted)[:3],
         "oom_kills": server.oom_kills() - before, "backends_killed": server.backends_killed() - killed_before,
         "baseline_mb": round(baseline / MB), "peak_mb": round(peak / MB),

@@ -3,6 +3,7 @@
 
 import argparse
 import os
+import re
 import subprocess
 import time
 
@@ -13,6 +14,13 @@ def run(argv, check=True, timeout=3600):
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return result
+
+
+def pgbench_summary(stdout):
+    """A pgbench report's tps without the initial connection time and its failed transactions (None when absent)."""
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", stdout)
+    return (float(tps.group(1)) if tps else None), (int(failed.group(1)) if failed else None)
 
 
 def logger(name):

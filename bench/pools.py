@@ -14,12 +14,11 @@ point records tps without the initial connection time, as the storm does.
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
-from part import logger, main, run
+from part import logger, main, pgbench_summary, run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -122,10 +121,9 @@ def point(workload, scale, clients, pool, transactions):
     result = sh(CLIENT, f"ulimit -n 16384; PGPASSWORD={PASSWORD} timeout {POINT_TIMEOUT} {PGBIN}/pgbench -h 127.0.0.1 -p 6432 "
                         f"-U bench --no-vacuum {mode} --client={clients} --jobs={jobs} --transactions={per_client} "
                         f"bench{scale}", check=False, timeout=POINT_TIMEOUT + 60)
-    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", result.stdout)
-    failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    tps, failed = pgbench_summary(result.stdout)
     return {"workload": workload, "scale": scale, "clients": clients, "pool": pool, "exit_code": result.returncode,
-            "tps": float(tps.group(1)) if tps else 0.0, "failed_transactions": int(failed.group(1)) if failed else None}
+            "tps": tps or 0.0, "failed_transactions": failed}
 
 
 def sweep(size, out):

@@ -108,6 +108,7 @@ WORK_MEM_CAP = 256 * MB
 #: the demand, for clients nobody declared (psql, migrations, pg_dump, one more instance).
 SPARE_MIN = 10
 SPARE_SHARE = Fraction(1, 5)
+_SPARE_RULE = f"max({SPARE_MIN}, {SPARE_SHARE.numerator * 100 // SPARE_SHARE.denominator}% of demand)"
 
 #: Parallel workers take at most this share of the processes memory can carry.
 PARALLEL_SHARE = Fraction(1, 16)
@@ -529,8 +530,7 @@ def _demand_connections(checked, model, reserved_slots, slots_words, warnings):
         if fixed - required < min(default_spare, model["ceiling"] - required) and spare is None:
             warnings.append(
                 f"max_connections {fixed} leaves {fixed - required} spare slots above {demand_words} = {required}; "
-                f"the default keeps {default_spare} (at least {SPARE_MIN} and {SPARE_SHARE.numerator * 100 // SPARE_SHARE.denominator}% "
-                "of the demand) for clients nobody declared"
+                f"the default keeps {default_spare} ({_SPARE_RULE}) for clients nobody declared"
             )
         return "fixed", fixed, fixed - required, f"max_connections {fixed} was given; it covers {demand_words} = {required}"
     room = model["ceiling"] - required
@@ -540,7 +540,7 @@ def _demand_connections(checked, model, reserved_slots, slots_words, warnings):
             f"ceiling of {model['ceiling']} that {_memory_words(model)}; lower it, or pool clients through PgBouncer"
         )
     wanted = default_spare if spare is None else spare
-    given = "spare_connections" if spare is not None else f"default spare max({SPARE_MIN}, 20% of demand)"
+    given = "spare_connections" if spare is not None else f"default spare {_SPARE_RULE}"
     if wanted > room:
         warnings.append(
             f"only {room} spare slots fit above {demand_words} = {required} under the ceiling of {model['ceiling']}, "
