@@ -22,6 +22,7 @@ from ansible_collections.headroom.pg.plugins.filter.connection_budget import pg_
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_count_or_names, as_int, as_size
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import tune_with_report
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import PREFIX, tuning_spec
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import MB
 
 #: Settings a hot standby must run at least at its primary's value, with PostgreSQL's
@@ -190,23 +191,12 @@ def _server_resources(hostvars, host, defaults):
 
 
 def _server_spec(hostvars, host, resources, defaults):
-    """The pg_tune spec postgresql_tuning would build on the host (tasks/compute.yml), minus the demand."""
+    """The pg_tune spec postgresql_tuning builds on the host, minus the demand (one builder for both)."""
     wanted = _var(hostvars, host, "postgresql_tuning_clusters", defaults) or []
-    clusters = len(wanted) if wanted else resources["clusters"]
-    fraction = float(_var(hostvars, host, "postgresql_tuning_memory_fraction", defaults) or 1.0)
-    spec = {
-        "memory": resources["memory"],
-        "cpus": resources["cpus"],
-        "version": resources["version"],
-        "profile": _var(hostvars, host, "postgresql_tuning_profile", defaults),
-        "storage": _var(hostvars, host, "postgresql_tuning_storage", defaults),
-        "memory_fraction": fraction / clusters,
-        "reserved_memory": _var(hostvars, host, "postgresql_tuning_reserved_memory", defaults),
-        "overrides": dict(_var(hostvars, host, "postgresql_tuning_overrides", defaults) or {}),
-        "spare_connections": _var(hostvars, host, "postgresql_tuning_spare_connections", defaults),
-        "connection_memory": _var(hostvars, host, "postgresql_tuning_connection_memory", defaults),
-    }
-    return {key: value for key, value in spec.items() if value is not None}
+    return tuning_spec(
+        resources, resources["version"], lambda name: _var(hostvars, host, PREFIX + name, defaults),
+        len(wanted) if wanted else resources["clusters"], demand=False,
+    )
 
 
 def _resolve_target(entry, pooler, servers, addresses, what):

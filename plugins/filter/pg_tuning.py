@@ -1,0 +1,123 @@
+"""The filter pg_tuning_plans: postgresql_tuning's decisions for every cluster of a host, from
+one read (module postgresql_info) and the role's variables. The role's tasks only carry them out.
+
+The rules live in ``plugins/plugin_utils/pg_tuning.py`` (spec, overrides, backups) and
+``pg_sizing.py`` (the sizing model).
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.pg_config import pg_conf_value, pg_library_files, pg_settings_diff
+from ansible_collections.headroom.pg.plugins.filter.postgresql_sizing import effective_resources
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import check_mapping
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import (
+    backups_to_prune,
+    kept_from_cluster,
+    missing_clusters,
+    overridden,
+    size,
+)
+
+TRUE_WORDS = ("on", "true", "yes", "1")
+
+
+def plan_cluster(cluster, variables, clusters):
+    """What the role does to one cluster. Keys: name, cluster, resources, connections, settings,
+    warnings, libraries, huge_pages_on; for a running server also kept (`full` mode), alter_system,
+    overridden, effective, diff, pending, reload, and needs_apply with its reasons."""
+    resources = effective_resources(cluster["resources"])
+    connections, settings = size(cluster, resources, variables.get, clusters)
+    plan = {
+        "name": cluster["name"],
+        "cluster": cluster,
+        "resources": resources,
+        "connections": connections,
+        "settings": settings,
+        "warnings": connections["warnings"],
+        "libraries": pg_library_files(settings, cluster["pkglibdir"]),
+        "huge_pages_on": cluster["version"] >= 15
+        and str(pg_conf_value(settings.get("huge_pages", ""), "huge_pages")).lower() in TRUE_WORDS,
+    }
+    if "settings" not in cluster:  # stopped: planned again once it runs
+        return plan
+    reset = bool(variables.get("reset_alter_system"))
+    alter_system, kept_overrides = overridden(cluster, settings, reset)
+    effective = {name: value for name, value in settings.items() if name not in {row["name"] for row in kept_overrides}}
+    try:
+        diff = pg_settings_diff(effective, cluster["settings"])
+    except AnsibleFilterError:
+        diff = None  # a name this server does not know: the write's check says which, and puts the file back
+    reload = diff is None or any(not row["pending_restart"] for row in diff) or (
+        cluster["managed_file"]["mtime"] > cluster["load_time"]
+    )
+    reasons = {
+        "files have errors": bool(cluster["file_errors"]),
+        "ALTER SYSTEM values to reset": reset and bool(alter_system),
+        "reload": reload,
+        "restart": bool(diff) and bool(variables.get("allow_restart")),
+        "reserved roles to grant": cluster["version"] >= 16 and bool(cluster.get("reserved_roles_lacking")),
+        "backups to prune": bool(backups_to_prune(cluster, int(variables.get("backups_kept") or 0))),
+    }
+    plan.update(
+        kept=kept_from_cluster(cluster, settings),
+        alter_system=alter_system,
+        overridden=[dict(row, cluster=cluster["name"], managed=settings[row["name"]]) for row in kept_overrides],
+        effective=effective,
+        diff=diff,
+        pending=[dict(row, cluster=cluster["name"]) for row in diff or []],
+        reload=reload,
+        apply_reasons=[reason for reason, why in reasons.items() if why],
+    )
+    plan["needs_apply"] = bool(plan["apply_reasons"])
+    return plan
+
+
+def pg_tuning_plans(read, variables, host):
+    """Plans for the clusters a host tunes. ``read`` is what module postgresql_info returned,
+    ``variables`` the role's variables without their postgresql_tuning_ prefix, ``host`` the
+    inventory name. Returns ``{"plans": [...], "refusals": [...]}``: input the role refuses is
+    reported, in the role's variable names, not raised, so the role fails before any change."""
+    check_mapping(read, "pg_tuning_plans input")
+    check_mapping(variables, "pg_tuning_plans variables")
+    wanted = list(variables.get("clusters") or [cluster["name"] for cluster in read["clusters"]])
+    refusals = missing_clusters(read, wanted, host)
+    plans = []
+    if refusals:
+        return {"plans": plans, "refusals": refusals}
+    for cluster in read["clusters"]:
+        if cluster["name"] not in wanted:
+            continue
+        try:
+            plans.append(plan_cluster(cluster, variables, len(wanted)))
+        except AnsibleFilterError as err:
+            refusals.append(" ".join(str(err).split()))
+    return {"plans": plans, "refusals": refusals}
+
+
+def pg_pending_restart(clusters, parity):
+    """The settings each running cluster (module postgresql_info) waits to restart for: name,
+    cluster, the running value, the value the files give it, and whether that lowers one of the
+    ``parity`` settings, which standbys must keep at or above their primary's."""
+    pending = []
+    for cluster in clusters:
+        files = {
+            row["name"]: row["setting"]
+            for row in cluster.get("file_settings", [])
+            if row["error"] in (None, "setting could not be applied")
+        }
+        for row in cluster.get("settings", []):
+            if not row["pending_restart"]:
+                continue
+            configured = files.get(row["name"])
+            lowered = (
+                row["name"] in parity and str(configured or "").isdigit() and int(configured) < int(row["setting"])
+            )
+            pending.append({"cluster": cluster["name"], "name": row["name"], "running": row["setting"],
+                            "configured": configured, "lowered": lowered})
+    return pending
+
+
+class FilterModule:
+    """postgresql_tuning's plan."""
+
+    def filters(self):
+        return {"pg_tuning_plans": pg_tuning_plans, "pg_pending_restart": pg_pending_restart}

@@ -1,0 +1,139 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) headroom contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a PostgreSQL host's modules share: the clusters, the psql command line, the resources.
+
+These run on the managed host (Debian's postgresql-common layout), as root.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+
+# Debian's postgresql-common: one unit and one binary directory per VERSION/NAME.
+UNIT = "postgresql@{version}-{cluster}"
+BINDIR = "/usr/lib/postgresql/{version}/bin"
+
+
+def cluster_key(cluster):
+    """How headroom names a cluster: "VERSION/NAME", as pg_lsclusters prints it."""
+    return "%s/%s" % (version_of(cluster), cluster["cluster"])
+
+
+def version_of(cluster):
+    """pg_lsclusters --json (Perl) writes the version as a number or a string: an int either way."""
+    return int(float(cluster["version"]))
+
+
+def psql_argv(cluster):
+    """psql as the cluster's owner over its socket, reading SQL from stdin; nothing from ~/.psqlrc."""
+    return [
+        "runuser", "-u", "postgres", "--", "psql", "-XAtq", "--set=ON_ERROR_STOP=1",
+        "--host=%s" % cluster["socketdir"], "--port=%s" % cluster["port"], "--dbname=postgres",
+    ]
+
+
+def list_clusters(module):
+    """pg_lsclusters --json, or [] where postgresql-common is not installed."""
+    tool = module.get_bin_path("pg_lsclusters")
+    if tool is None:
+        return []
+    rc, out, err = module.run_command([tool, "--json"])
+    if rc != 0:
+        module.fail_json(msg="pg_lsclusters --json failed: %s" % err.strip(), rc=rc)
+    return json.loads(out or "[]")
+
+
+def run_sql(module, cluster, sql, variables=None):
+    """Runs SQL (one statement that prints one line) with psql; returns the line. Variables are
+    set with --set and read in the SQL as :'name' (psql quotes them as literals)."""
+    argv = psql_argv(cluster) + ["--set=%s=%s" % item for item in sorted((variables or {}).items())]
+    rc, out, err = module.run_command(argv, data=sql, binary_data=False)
+    if rc != 0:
+        module.fail_json(msg="psql on cluster %s failed: %s" % (cluster_key(cluster), err.strip()), rc=rc)
+    return out.strip()
+
+
+def _read(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except (IOError, OSError):
+        return None
+
+
+def _walk_up(root, path, first, second=None):
+    """The raw contents of FIRST (and SECOND, joined by a space) in ROOT/PATH and in each parent."""
+    values = []
+    while True:
+        value = _read("%s%s/%s" % (root, path, first))
+        if value is not None:
+            other = _read("%s%s/%s" % (root, path, second)) if second else None
+            values.append(value if other is None else "%s %s" % (value, other))
+        if path in ("/", ""):
+            return values
+        path = os.path.dirname(path)
+
+
+def _cgroup_path(lines, controller):
+    """The process's path in the v1 hierarchy holding CONTROLLER, or in the unified one for ""."""
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if controller == "" and parts[0] == "0":
+            return parts[2]
+        if controller and controller in parts[1].split(","):
+            return parts[2]
+    return None
+
+
+def postmaster_pid(pgdata):
+    """The running postmaster's pid from PGDATA/postmaster.pid, or None."""
+    first = (_read(os.path.join(pgdata, "postmaster.pid")) or "").split("\n")[0] if pgdata else ""
+    return int(first) if first.isdigit() and os.path.exists("/proc/%s/cgroup" % first) else None
+
+
+def resources(pid=None):
+    """What the sizing filter effective_resources needs: the host's memory and CPUs, and the raw
+    cgroup limits on every level from the process's cgroup up to the root (v2 and v1; both are
+    read when both are mounted: a unified tree without the memory or cpu controller can sit
+    beside v1 hierarchies that hold the real limits). The filter decides which one wins."""
+    pid = pid or os.getpid()
+    memory = 0
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            memory = int(line.split()[1]) * 1024
+    lines = (_read("/proc/%s/cgroup" % pid) or "").splitlines()
+    memory_limits, cpu_limits = [], []
+    if os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):
+        path = _cgroup_path(lines, "")
+        if path is not None:
+            memory_limits += _walk_up("/sys/fs/cgroup", path, "memory.max")
+            cpu_limits += _walk_up("/sys/fs/cgroup", path, "cpu.max")
+    path = _cgroup_path(lines, "memory")
+    if path is not None and os.access("/sys/fs/cgroup/memory/memory.limit_in_bytes", os.R_OK):
+        memory_limits += _walk_up("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes")
+    path = _cgroup_path(lines, "cpu")
+    if path is not None and os.access("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", os.R_OK):
+        cpu_limits += _walk_up("/sys/fs/cgroup/cpu", path, "cpu.cfs_quota_us", "cpu.cfs_period_us")
+    return {
+        "memory": memory,
+        "cpus": os.sysconf("SC_NPROCESSORS_ONLN"),
+        "cgroup_memory_limits": memory_limits,
+        "cgroup_cpu_limits": cpu_limits,
+    }
+
+
+def huge_pages():
+    """The kernel's huge pages from /proc/meminfo: total, free and reserved."""
+    found = {"total": 0, "free": 0, "reserved": 0}
+    names = {"HugePages_Total:": "total", "HugePages_Free:": "free", "HugePages_Rsvd:": "reserved"}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        fields = line.split()
+        if fields and fields[0] in names:
+            found[names[fields[0]]] = int(fields[1])
+    return found

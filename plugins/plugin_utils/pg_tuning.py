@@ -1,0 +1,118 @@
+"""How postgresql_tuning turns one host's read (module postgresql_info) and the role's variables
+into a plan per cluster: the spec for the sizing engine, the settings, what overrides them,
+what the server does not run yet, and whether anything on the host has to change.
+
+The spec builder is shared with the fleet plan (filter fleet_plan), so the budget sizes each
+server exactly as the role will.
+"""
+
+import json
+import re
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import max_connections_report, tune
+
+PREFIX = "postgresql_tuning_"
+
+#: The sizing engine's spec keys that postgresql_tuning sets from a variable of the same name.
+SIZING_KEYS = ("profile", "storage", "reserved_memory", "spare_connections", "connection_memory")
+#: Spec keys that carry the demand: the fleet plan computes them, the role receives them.
+DEMAND_KEYS = ("max_connections", "connection_demand", "active_demand", "reserved_connections")
+#: Spec keys an engine message names, each the role's variable of the same name. max_connections
+#: and connection_demand are also parameter names in the messages: only a message's first word.
+NAMED_KEYS = ("memory_fraction", "reserved_memory", "overrides", "spare_connections", "active_demand",
+              "connection_memory", "reserved_connections")
+FIRST_WORD_KEYS = ("max_connections", "connection_demand")
+
+#: ALTER SYSTEM writes this file; its values can be reset, other files' only edited.
+AUTO_CONF = re.compile(r".*/postgresql\.auto\.conf$")
+
+#: Settings `full` mode keeps from the running cluster where the replaced postgresql.conf does not set them.
+KEPT_SETTINGS = (
+    "data_directory", "hba_file", "ident_file", "external_pid_file", "port", "listen_addresses",
+    "unix_socket_directories", "cluster_name", "ssl", "ssl_cert_file", "ssl_key_file", "log_line_prefix",
+    "log_timezone", "timezone", "datestyle", "lc_messages", "lc_monetary", "lc_numeric", "lc_time",
+    "default_text_search_config", "dynamic_shared_memory_type",
+)
+
+
+def tuning_spec(resources, version, variable, clusters, demand=True):
+    """The sizing engine's spec for one cluster of a host.
+
+    ``resources`` are the host's effective memory and CPUs; ``variable(name)`` gives
+    postgresql_tuning_<name> (None when unset); ``clusters`` is how many clusters the host
+    tunes, which share its memory equally. ``demand=False`` leaves out the demand keys.
+    """
+    overrides = dict(variable("baseline") or {})
+    overrides.update(variable("overrides") or {})
+    fraction = variable("memory_fraction")
+    spec = {
+        "memory": resources["memory"],
+        "cpus": resources["cpus"],
+        "version": int(version),
+        "memory_fraction": float(1.0 if fraction is None else fraction) / max(1, clusters),
+        "overrides": overrides,
+    }
+    for key in SIZING_KEYS + (DEMAND_KEYS if demand else ()):
+        value = variable(key)
+        if value is not None:
+            spec[key] = int(value) if key == "reserved_connections" else value
+    return spec
+
+
+def in_role_terms(message):
+    """An engine message with its spec keys named as the role's variables."""
+    message = re.sub(r"\bthe spec key (\w+)", PREFIX + r"\1", message)
+    message = re.sub(r"^(" + "|".join(FIRST_WORD_KEYS) + r")\b", PREFIX + r"\1", message)
+    return re.sub(r"\b(?<!_)(" + "|".join(NAMED_KEYS) + r")\b", PREFIX + r"\1", message)
+
+
+def size(cluster, resources, variable, clusters):
+    """max_connections with its reason and warnings, and the settings, for one cluster."""
+    spec = tuning_spec(resources, cluster["version"], variable, clusters)
+    try:
+        return max_connections_report(spec), tune(spec)
+    except AnsibleFilterError as err:
+        raise AnsibleFilterError(f"Cluster {cluster['name']} was not changed: {in_role_terms(str(err))}") from None
+
+
+def overridden(cluster, settings, reset_alter_system):
+    """The managed settings another file sets last: those ALTER SYSTEM set (which the role can
+    reset) and those that stay overridden."""
+    managed_file = cluster["managed_file"]["path"]
+    rows = [row for row in cluster["file_settings"] if row["name"] in settings and row["sourcefile"] != managed_file]
+    alter_system = [row for row in rows if AUTO_CONF.match(row["sourcefile"] or "")]
+    kept = [row for row in rows if not (reset_alter_system and row in alter_system)]
+    return alter_system, kept
+
+
+def kept_from_cluster(cluster, settings):
+    """What a whole postgresql.conf (`full` mode) keeps: every setting the replaced file made,
+    else the paths, port and addresses the cluster runs with now; never a managed setting."""
+    running = {row["name"]: row["setting"] for row in cluster["settings"] if row["name"] in KEPT_SETTINGS}
+    kept = dict(running, **cluster["config_file_settings"])
+    return {name: value for name, value in kept.items() if name not in settings}
+
+
+def backups_to_prune(cluster, kept):
+    """Backups beyond the newest ``kept``, except the newest one no younger than the server's
+    start: the file it started with, which a failed restart puts back."""
+    backups = cluster["managed_file"]["backups"]  # newest first
+    if len(backups) <= kept:
+        return []
+    started_with = [backup["path"] for backup in backups if backup["mtime"] <= cluster.get("start_time", 0)]
+    protected = started_with[0] if started_with else None
+    return [backup["path"] for backup in backups[kept:] if backup["path"] != protected]
+
+
+def missing_clusters(read, wanted, host):
+    """Refusals for clusters asked for that the host does not have, or for no cluster at all."""
+    found = [cluster["name"] for cluster in read["clusters"]]
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        return [f"{PREFIX}clusters names {json.dumps(missing)}, which {host} does not have "
+                f"(pg_lsclusters lists {json.dumps(found)})."]
+    if not found:
+        return [f"No PostgreSQL cluster on {host} (pg_lsclusters lists none): install one first, "
+                "e.g. with headroom.pg.postgresql."]
+    return []
