@@ -437,7 +437,8 @@ def test_the_markdown_and_the_console_lines_carry_spare_advice_and_warnings():
     assert "max_connections 43 (10 spare), ceiling 252, headroom 209" in lines[0]
     assert lines[1] == f"  warning: {db1['warnings'][0]}"
     assert "max_connections 61 (3 spare), ceiling 61, headroom 0" in lines[2]
-    assert lines[3:] == [f"  warning: {warning}" for warning in db2["warnings"]]
+    assert lines[3:5] == [f"  warning: {warning}" for warning in db2["warnings"]]
+    assert lines[5].startswith("app1 (PgBouncer): clients: none declared") and len(lines) == 6
 
 
 def test_a_plan_without_warnings_lists_none():
