@@ -29,6 +29,9 @@ POOLER_OPTIONAL = (
     "reserve_pool_size",
     "max_db_connections",
     "max_client_conn",
+    "max_client_conn_source",
+    "client_demand",
+    "client_capacity",
     "so_reuseport",
     "nofile_limit",
     "server_connections",
@@ -125,14 +128,25 @@ def _pooler_contributions(pooler, position, servers):
         )
 
 
+def client_connections(client, what):
+    """A declared client's connections per instance and its instances: ``instances`` (a count) or ``hosts``.
+
+    One counting for every declared client, direct (headroom_direct_clients, here and in
+    fleet_plan's reserved clients) or through PgBouncer (headroom_pgbouncer_clients):
+    the client opens connections x instances.
+    """
+    if "instances" in client and "hosts" in client:
+        raise AnsibleFilterError(f"{what} ({client['name']}) gives both instances and hosts; give one")
+    connections = as_int(client["connections"], f"{what}.connections", minimum=0)
+    instances = as_count_or_names(client.get("instances", client.get("hosts", 1)), f"{what}.instances")
+    return connections, instances
+
+
 def _client_contribution(client, position, servers):
     what = f"direct_clients[{position}]"
     check_keys(client, CLIENT_REQUIRED, CLIENT_OPTIONAL, what)
-    if "instances" in client and "hosts" in client:
-        raise AnsibleFilterError(f"{what} ({client['name']}) gives both instances and hosts; give one")
     target = _target(servers, client["target"], f"direct client {client['name']}")
-    connections = as_int(client["connections"], f"{what}.connections", minimum=0)
-    instances = as_count_or_names(client.get("instances", client.get("hosts", 1)), f"{what}.instances")
+    connections, instances = client_connections(client, what)
     active = connections
     if client.get("active") is not None:
         active = as_int(client["active"], f"{what}.active", minimum=0, maximum=connections)

@@ -8,6 +8,10 @@ PgBouncer hosts by pgbouncer_tune, demand is pg_connection_budget's. What it add
 * where each PgBouncer database entry really goes (inventory hostname, its ansible_host,
   or this host's own socket), so pools are counted against the right server;
 * which resources each host has, and where that came from (measured, inventory, facts);
+* the client side: per PgBouncer host, the applications declared in headroom_pgbouncer_clients
+  (pool x instances, counted as direct clients are) against max_client_conn x processes,
+  so "too many clients" does not just move to PgBouncer's "no more connections allowed
+  (max_client_conn)"; an unset pgbouncer_max_client_conn is sized from that demand;
 * standby parity: PostgreSQL refuses to run a hot standby whose max_connections,
   max_worker_processes, max_wal_senders, max_prepared_transactions or
   max_locks_per_transaction is below its primary's (facts.md), so a standby gets at
@@ -18,9 +22,9 @@ import json
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.filter.connection_budget import pg_connection_budget
-from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune
-from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_count_or_names, as_int, as_size
+from ansible_collections.headroom.pg.plugins.filter.connection_budget import client_connections, pg_connection_budget
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune, sized_max_client_conn
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import tune_with_report
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import PREFIX, tuning_spec
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import MB
@@ -53,6 +57,8 @@ PGBOUNCER_OPTIONAL = {
 PGBOUNCER_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "max_db_connections")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_KEYS = ("name", "target", "connections", "active", "instances", "hosts", "group", "reserved", "role")
+#: An application behind PgBouncer, declared on the PgBouncer host it connects through.
+PGBOUNCER_CLIENT_KEYS = ("name", "connections", "instances", "hosts", "group")
 
 #: The first PostgreSQL with reserved_connections and the role pg_use_reserved_connections.
 RESERVED_CONNECTIONS_FROM = 16
@@ -82,7 +88,10 @@ POOLER_VARIABLES = (
     "headroom_memory",
     "headroom_cpus",
     "pgbouncer_databases",
+    "headroom_pgbouncer_clients",
+    # Read from the inventory only: the role's default means "size it from the clients".
     "pgbouncer_max_client_conn",
+    "pgbouncer_nofile_limit",
     "pgbouncer_pool_mode",
     "pgbouncer_reserve_pool_size",
     "pgbouncer_auth_mode",
@@ -220,8 +229,8 @@ def _resolve_target(entry, pooler, servers, addresses, what):
     )
 
 
-def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults):
-    """pgbouncer_tune for one PgBouncer host, as roles/pgbouncer/tasks/plan.yml calls it, with targets."""
+def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, groups):
+    """pgbouncer_tune for one PgBouncer host, as roles/pgbouncer/tasks/plan.yml calls it, with targets and clients."""
     databases = _var(hostvars, pooler, "pgbouncer_databases", defaults) or []
     if not isinstance(databases, list) or not databases:
         raise AnsibleFilterError(
@@ -244,9 +253,13 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults):
             f"pgbouncer host {pooler}: its CPUs are unknown (no cached facts); set headroom_cpus for it or run "
             "site.yml once with fact caching on"
         )
+    applications = _pgbouncer_clients(hostvars, pooler, groups)
     spec = {
         "cpus": cpus,
-        "max_client_conn": _var(hostvars, pooler, "pgbouncer_max_client_conn", defaults),
+        # The inventory's value, or none: then pgbouncer_tune sizes it from the declared clients
+        # (or takes its default of 1000 when none are declared), and site.yml passes the result on.
+        "max_client_conn": hostvars[pooler].get("pgbouncer_max_client_conn"),
+        "client_demand": sum(app["client_connections"] for app in applications) if applications else None,
         "pool_mode": _var(hostvars, pooler, "pgbouncer_pool_mode", defaults),
         "reserve_pool_size": _var(hostvars, pooler, "pgbouncer_reserve_pool_size", defaults),
         # As roles/pgbouncer/tasks/plan.yml: the auth user's pool of each entry counts too.
@@ -269,35 +282,118 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults):
         raise AnsibleFilterError(f"pgbouncer host {pooler} (pgbouncer_* variables)") from err
     for database, target in zip(sized["databases"], targets, strict=True):
         database["target"] = target
+    nofile_limit = as_int(
+        _var(hostvars, pooler, "pgbouncer_nofile_limit", defaults) or 0, f"pgbouncer host {pooler}: pgbouncer_nofile_limit",
+        minimum=0,
+    )
+    verdict, problem, warnings = _client_verdict(pooler, sized, applications, nofile_limit)
     return {
         "sizing": sized,
         "server_cpus": as_int(server_cpus, f"pgbouncer host {pooler}: pgbouncer_server_cpus", minimum=1),
         "server_connection_allowance": sized["server_connections"],
         "targets": sorted(set(targets)),
+        "clients": {
+            "demand": sized["client_demand"],
+            "applications": applications,
+            "max_client_conn": sized["max_client_conn"],
+            "max_client_conn_source": sized["max_client_conn_source"],
+            "processes": sized["processes"],
+            "capacity": sized["client_capacity"],
+            "verdict": verdict,
+        },
+        "problem": problem,
+        "warnings": warnings,
     }
 
 
-def _direct_clients(direct_clients, groups, servers):
-    """headroom_direct_clients in pg_connection_budget's shape: a group becomes its hosts."""
-    if direct_clients is None:
+def _application_words(applications):
+    return "; ".join(
+        f"{app['name']} {app['connections']} x {app['instances']} = {app['client_connections']}" for app in applications
+    )
+
+
+def _client_verdict(pooler, sized, applications, nofile_limit):
+    """The verdict (undeclared, ok or over), problem (or None) and warnings of a PgBouncer host's client side.
+
+    The declared client connections must fit max_client_conn x processes: beyond it PgBouncer
+    refuses logins ("no more connections allowed (max_client_conn)"). Above one process's
+    max_client_conn they fit only if the kernel spreads them evenly (so_reuseport hashes
+    connections), which is a warning. A pinned pgbouncer_nofile_limit below what
+    max_client_conn needs is a problem here, before the role refuses it on the host.
+    """
+    demand, limit, processes = sized["client_demand"], sized["max_client_conn"], sized["processes"]
+    capacity = sized["client_capacity"]
+    plural = "process" if processes == 1 else "processes"
+    verdict = "ok" if applications else "undeclared"
+    if applications and demand > capacity:
+        return "over", (
+            f"pgbouncer host {pooler}: its declared clients open {demand} client connections, but it accepts at most "
+            f"{capacity} (pgbouncer_max_client_conn {limit} x {processes} {plural}); PgBouncer would refuse the rest "
+            f"with \"no more connections allowed (max_client_conn)\". Applications (connections x instances): "
+            f"{_application_words(applications)}. Fix: raise pgbouncer_max_client_conn for {pooler} (at least "
+            f"{-(-demand // processes)} per process; {sized_max_client_conn(demand)}, the demand plus spare, is what the "
+            "plan sizes when it is unset), or lower connections or instances in headroom_pgbouncer_clients"
+        ), []
+    if 0 < nofile_limit < sized["nofile_limit"]:
+        return verdict, (
+            f"pgbouncer host {pooler}: pgbouncer_nofile_limit {nofile_limit} is below the {sized['nofile_limit']} file "
+            f"descriptors that max_client_conn {limit} and the pools need (clients beyond it would hang); raise it, or "
+            "set 0 to take the sizing engine's"
+        ), []
+    if applications and processes > 1 and demand > limit:
+        return verdict, None, [
+            f"pgbouncer host {pooler}: its declared clients open {demand} client connections, more than one process's "
+            f"max_client_conn {limit}; they fit the {processes} processes only if the kernel spreads them evenly "
+            "(so_reuseport hashes connections; a Unix socket reaches one process). Raise pgbouncer_max_client_conn to "
+            f"{sized_max_client_conn(demand)} or leave it unset"
+        ]
+    return verdict, None, []
+
+
+def _declared_clients(declared, variable, keys, required, groups):
+    """A list of declared clients, checked, each as a dict with only ``keys``: a group becomes its hosts.
+
+    The shape every client declaration shares (headroom_direct_clients and
+    headroom_pgbouncer_clients): name, connections per instance, and at most one of
+    instances, hosts or group.
+    """
+    if declared is None:
         return []
-    if not isinstance(direct_clients, list):
-        raise AnsibleFilterError(f"headroom_direct_clients must be a list of clients, got {direct_clients!r}")
+    if not isinstance(declared, list):
+        raise AnsibleFilterError(f"{variable} must be a list of clients, got {declared!r}")
     clients = []
-    for index, client in enumerate(direct_clients):
-        what = f"headroom_direct_clients[{index}]"
+    for index, client in enumerate(declared):
+        what = f"{variable}[{index}]"
         if not isinstance(client, Mapping):
             raise AnsibleFilterError(f"{what} must be a mapping, got {client!r}")
-        unknown = sorted(str(key) for key in client if key not in CLIENT_KEYS)
+        unknown = sorted(str(key) for key in client if key not in keys)
         if unknown:
-            raise AnsibleFilterError(
-                f"{what} has unknown key(s) {', '.join(unknown)}; allowed are {', '.join(CLIENT_KEYS)}"
-            )
-        missing = [key for key in ("name", "target", "connections") if client.get(key) in (None, "")]
+            raise AnsibleFilterError(f"{what} has unknown key(s) {', '.join(unknown)}; allowed are {', '.join(keys)}")
+        missing = [key for key in required if client.get(key) in (None, "")]
         if missing:
             raise AnsibleFilterError(f"{what} needs {', '.join(missing)}, got {dict(client)!r}")
         if len([key for key in ("instances", "hosts", "group") if key in client]) > 1:
             raise AnsibleFilterError(f"{what} ({client['name']}) gives more than one of instances, hosts and group")
+        entry = {key: client[key] for key in keys if key in client and key != "group"}
+        if "group" in client:
+            members = groups.get(client["group"])
+            if not members:
+                raise AnsibleFilterError(
+                    f"{what} ({client['name']}) names group {client['group']!r}, which the inventory does not have "
+                    "or which has no hosts"
+                )
+            entry["hosts"] = list(members)
+        clients.append((what, entry))
+    return clients
+
+
+def _direct_clients(direct_clients, groups, servers):
+    """headroom_direct_clients in pg_connection_budget's shape: a group becomes its hosts."""
+    clients = []
+    declared = _declared_clients(
+        direct_clients, "headroom_direct_clients", CLIENT_KEYS, ("name", "target", "connections"), groups
+    )
+    for what, client in declared:
         if client["target"] not in servers:
             raise AnsibleFilterError(
                 f"{what} ({client['name']}) targets {client['target']!r}, which is not a host of group postgresql "
@@ -307,21 +403,31 @@ def _direct_clients(direct_clients, groups, servers):
             raise AnsibleFilterError(f"{what} ({client['name']}): reserved must be true or false, got {client['reserved']!r}")
         if "role" in client and (not isinstance(client["role"], str) or not client["role"]):
             raise AnsibleFilterError(f"{what} ({client['name']}): role must be a role name, got {client['role']!r}")
-        entry = {
-            key: client[key]
-            for key in ("name", "target", "connections", "active", "instances", "hosts", "reserved", "role")
-            if key in client
-        }
-        if "group" in client:
-            members = groups.get(client["group"])
-            if not members:
-                raise AnsibleFilterError(
-                    f"{what} ({client['name']}) names group {client['group']!r}, which the inventory does not have "
-                    "or which has no hosts"
-                )
-            entry["hosts"] = list(members)
-        clients.append(entry)
+        clients.append(client)
     return clients
+
+
+def _pgbouncer_clients(hostvars, pooler, groups):
+    """The applications declared on a PgBouncer host (headroom_pgbouncer_clients), each with its pool x instances."""
+    declared = _declared_clients(
+        hostvars[pooler].get("headroom_pgbouncer_clients"),
+        f"pgbouncer host {pooler}: headroom_pgbouncer_clients",
+        PGBOUNCER_CLIENT_KEYS,
+        ("name", "connections"),
+        groups,
+    )
+    applications = []
+    for what, client in declared:
+        connections, instances = client_connections(client, what)
+        applications.append(
+            {
+                "name": str(client["name"]),
+                "connections": connections,
+                "instances": instances,
+                "client_connections": connections * instances,
+            }
+        )
+    return sorted(applications, key=lambda app: (-app["client_connections"], app["name"]))
 
 
 def _reserved_clients(clients, resources, specs):
@@ -339,8 +445,8 @@ def _reserved_clients(clients, resources, specs):
         if not reserved or resources[target]["version"] < RESERVED_CONNECTIONS_FROM:
             ordinary.append(client)
             continue
-        instances = as_count_or_names(client.get("instances", client.get("hosts", 1)), f"{client['name']}.instances")
-        connections = as_int(client["connections"], f"{client['name']}.connections", minimum=0) * instances
+        per_instance, instances = client_connections(client, str(client["name"]))
+        connections = per_instance * instances
         specs[target]["reserved_connections"] = specs[target].get("reserved_connections", 0) + connections
         if role and role not in roles[target]:
             roles[target].append(role)
@@ -432,7 +538,7 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
             addresses.setdefault(address, host)
     server_cpus_of = {host: resources[host]["cpus"] for host in servers}
     pooler_plans = {
-        host: _pooler(hostvars, host, set(servers), addresses, server_cpus_of, defaults) for host in poolers
+        host: _pooler(hostvars, host, set(servers), addresses, server_cpus_of, defaults, groups) for host in poolers
     }
     clients, reserved_roles = _reserved_clients(_direct_clients(direct_clients, groups, set(servers)), resources, specs)
     try:
@@ -512,6 +618,10 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
         entry["headroom"] = entry["ceiling"] - settings["max_connections"]
     for host in servers:
         planned[host].pop("spec")
+    for host, pooler_plan in pooler_plans.items():
+        if pooler_plan["problem"]:
+            problems.append(pooler_plan["problem"])
+        warnings.extend(pooler_plan["warnings"])
     return {
         "servers": {host: planned[host] for host in servers},
         "poolers": pooler_plans,
@@ -662,8 +772,21 @@ def _size(size_bytes):
     return f"{size_bytes // MB}MB" if size_bytes % (1024 * MB) else f"{size_bytes // (1024 * MB)}GB"
 
 
+def _client_words(pooler_plan):
+    """A PgBouncer host's client demand against max_client_conn x processes, in words."""
+    clients = pooler_plan["clients"]
+    plural = "process" if clients["processes"] == 1 else "processes"
+    limit = (
+        f"max_client_conn {clients['max_client_conn']} ({clients['max_client_conn_source']}) x {clients['processes']} "
+        f"{plural} = {clients['capacity']}"
+    )
+    if clients["verdict"] == "undeclared":
+        return f"clients: none declared (headroom_pgbouncer_clients); {limit}"
+    return f"clients {clients['demand']} ({_application_words(clients['applications'])}) against {limit}"
+
+
 def fleet_plan_lines(plan):
-    """One line per server of a fleet_plan result, for the console."""
+    """One line per server and per PgBouncer host of a fleet_plan result, for the console."""
     lines = []
     for name, server in plan["servers"].items():
         resources = server["resources"]
@@ -683,6 +806,13 @@ def fleet_plan_lines(plan):
         else:
             lines.append(f"{head}; PROBLEM: {server['problem']}")
         lines += [f"  warning: {warning}" for warning in server["warnings"]]
+    for name, pooler in plan["poolers"].items():
+        head = (
+            f"{name} (PgBouncer): {_client_words(pooler)}; {pooler['server_connection_allowance']} server connections "
+            f"to {', '.join(pooler['targets'])}"
+        )
+        lines.append(f"{head}; PROBLEM: {pooler['problem']}" if pooler["problem"] else head)
+        lines += [f"  warning: {warning}" for warning in pooler["warnings"]]
     return lines
 
 
@@ -694,7 +824,11 @@ def fleet_plan_markdown(plan):
         out += [f"**{len(plan['problems'])} problem(s): no host may be changed until they are fixed.**", ""]
         out += [f"- {problem}" for problem in plan["problems"]] + [""]
     else:
-        out += ["Every server's demand fits its memory ceiling.", ""]
+        out += [
+            "Every server's demand fits its memory ceiling, and every PgBouncer host's declared clients fit its "
+            "max_client_conn.",
+            "",
+        ]
     if plan.get("warnings"):
         out += [f"{len(plan['warnings'])} warning(s):", ""] + [f"- {warning}" for warning in plan["warnings"]] + [""]
     out += [
@@ -736,15 +870,30 @@ def fleet_plan_markdown(plan):
     out += [
         "## PgBouncer hosts",
         "",
-        "| host | processes | pool_mode | default_pool_size | server connections (allowance) | servers |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Clients: the client connections the applications declared (headroom_pgbouncer_clients) against "
+        "max_client_conn x processes; max_client_conn is given (inventory), sized (demand + spare) or the default.",
+        "",
+        "| host | processes | pool_mode | default_pool_size | server connections (allowance) | servers | "
+        "client demand | max_client_conn x processes | clients verdict | nofile_limit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, p in poolers.items():
-        sizing = p["sizing"]
+        sizing, clients = p["sizing"], p["clients"]
         out.append(
             f"| {name} | {sizing['processes']} | {sizing['pool_mode']} | {sizing['default_pool_size']} | "
-            f"{p['server_connection_allowance']} | {', '.join(p['targets'])} |"
+            f"{p['server_connection_allowance']} | {', '.join(p['targets'])} | "
+            f"{'' if clients['demand'] is None else clients['demand']} | "
+            f"{clients['max_client_conn']} ({clients['max_client_conn_source']}) x {clients['processes']} = "
+            f"{clients['capacity']} | {clients['verdict']} | {sizing['nofile_limit']} |"
         )
+    declared = {name: p["clients"]["applications"] for name, p in poolers.items() if p["clients"]["applications"]}
+    if declared:
+        out += ["", "### Clients by PgBouncer host", ""]
+        for name, applications in declared.items():
+            out += [f"- {name}: " + "; ".join(
+                f"{app['name']} {app['connections']} x {app['instances']} = {app['client_connections']}"
+                for app in applications
+            )]
     out += ["", "## Computed settings", ""]
     for name, s in servers.items():
         if s["settings"]:

@@ -14,6 +14,9 @@ Facts it relies on (PgBouncer documentation and source, and facts.md):
 * At start PgBouncer expects ``max_client_conn + 10 + sum over databases of
   pool_size x users`` file descriptors (``check_limits`` in src/main.c) and only
   logs a mismatch, so the limit has to be set by whoever starts it.
+* ``max_client_conn`` is per process: with ``so_reuseport`` the kernel hands each new TCP
+  connection to one process by a hash of its addresses (pgbouncer.org, so_reuseport), not
+  evenly, and a client of one process's Unix socket always reaches that process.
 """
 
 import math
@@ -26,7 +29,11 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import (
     as_size,
     check_keys,
 )
-from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import best_active_connections
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import (
+    SPARE_RULE,
+    best_active_connections,
+    default_spare,
+)
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import KB, describe_size
 
 #: PgBouncer's own defaults.
@@ -36,6 +43,10 @@ PGBOUNCER_DEFAULT_RESERVE_POOL_SIZE = 0
 #: Client connections when the spec gives none: enough for a typical application fleet,
 #: and cheap (see CONNECTION_MEMORY); PgBouncer's own default is 100.
 DEFAULT_MAX_CLIENT_CONN = 1000
+
+#: max_client_conn sized from a declared client demand never goes below PgBouncer's own
+#: default (pgbouncer.org: "Default: 100"): room for the admin console and an operator's psql.
+MIN_SIZED_MAX_CLIENT_CONN = 100
 
 #: Transactions per second one PgBouncer process is planned for. The lab measured about
 #: 23k tps through one process sharing 2 cores with PostgreSQL (facts.md); planning for
@@ -65,6 +76,7 @@ SPEC_OPTIONAL = (
     "default_pool_size",
     "reserve_pool_size",
     "auth_query",
+    "client_demand",
 )
 DATABASE_REQUIRED = ("name",)
 DATABASE_OPTIONAL = ("users", "user", "pool_size", "reserve_pool_size", "max_db_connections", "target", "pool_mode")
@@ -129,6 +141,30 @@ def _processes(spec, cpus):
     return 1
 
 
+def sized_max_client_conn(client_demand):
+    """max_client_conn for each process, from the client connections the applications declared.
+
+    The demand plus the server side's spare rule (pg_sizing.default_spare: max(10, 20% of the
+    demand)) for clients nobody declared, never below MIN_SIZED_MAX_CLIENT_CONN. Each process
+    gets all of it, not a share: the kernel spreads so_reuseport connections by a hash, and
+    one client's connections can all reach one process; a client connection costs about
+    2kB and one file descriptor (CONNECTION_MEMORY, nofile_limit follows).
+    """
+    return max(MIN_SIZED_MAX_CLIENT_CONN, client_demand + default_spare(client_demand))
+
+
+def _max_client_conn(spec):
+    """max_client_conn and where it comes from: given, sized from client_demand, or the default."""
+    client_demand = None
+    if spec.get("client_demand") is not None:
+        client_demand = as_int(spec["client_demand"], "client_demand", minimum=0)
+    if spec.get("max_client_conn") is not None:
+        return as_int(spec["max_client_conn"], "max_client_conn", minimum=1), "given", client_demand
+    if client_demand is not None:
+        return sized_max_client_conn(client_demand), "sized", client_demand
+    return DEFAULT_MAX_CLIENT_CONN, "default", client_demand
+
+
 def _fit_pool_size(databases, wanted, reserve_pool_size, allowance, processes):
     """The largest default pool size (<= wanted) whose pools fit the per-process allowance.
 
@@ -168,7 +204,7 @@ def pgbouncer_tune(spec):
     check_keys(spec, SPEC_REQUIRED, SPEC_OPTIONAL, "pgbouncer_tune spec")
     cpus = as_int(spec["cpus"], "cpus", minimum=1)
     pool_mode = as_choice(spec.get("pool_mode", "transaction"), "pool_mode", POOL_MODES)
-    max_client_conn = as_int(spec.get("max_client_conn", DEFAULT_MAX_CLIENT_CONN), "max_client_conn", minimum=1)
+    max_client_conn, max_client_conn_source, client_demand = _max_client_conn(spec)
     if not isinstance(spec["databases"], (list, tuple)) or not spec["databases"]:
         raise AnsibleFilterError(f"databases must be a non-empty list of mappings, got {spec['databases']!r}")
     auth_query = spec.get("auth_query", False)
@@ -237,12 +273,20 @@ def pgbouncer_tune(spec):
                 f"{entry['name']}: session pooling does not multiplex; at most {capacity} clients per user "
                 "are connected at once, the others wait for one to disconnect"
             )
+    if max_client_conn_source == "sized":
+        notes.append(
+            f"max_client_conn {max_client_conn} per process: client demand {client_demand} + default spare "
+            f"{SPARE_RULE}, at least {MIN_SIZED_MAX_CLIENT_CONN}"
+        )
     return {
         "pool_mode": pool_mode,
         "default_pool_size": pool_size,
         "reserve_pool_size": reserve_pool_size,
         "max_db_connections": max_db_connections,
         "max_client_conn": max_client_conn,
+        "max_client_conn_source": max_client_conn_source,
+        "client_demand": client_demand,
+        "client_capacity": max_client_conn * processes,
         "processes": processes,
         "so_reuseport": processes > 1,
         "nofile_limit": nofile_limit,

@@ -108,7 +108,7 @@ WORK_MEM_CAP = 256 * MB
 #: the demand, for clients nobody declared (psql, migrations, pg_dump, one more instance).
 SPARE_MIN = 10
 SPARE_SHARE = Fraction(1, 5)
-_SPARE_RULE = f"max({SPARE_MIN}, {SPARE_SHARE.numerator * 100 // SPARE_SHARE.denominator}% of demand)"
+SPARE_RULE = f"max({SPARE_MIN}, {SPARE_SHARE.numerator * 100 // SPARE_SHARE.denominator}% of demand)"
 
 #: Parallel workers take at most this share of the processes memory can carry.
 PARALLEL_SHARE = Fraction(1, 16)
@@ -504,7 +504,8 @@ def _too_many(checked, model, what, connections):
     )
 
 
-def _default_spare(demand):
+def default_spare(demand):
+    """Spare slots above a declared demand: max(SPARE_MIN, SPARE_SHARE of it), rounded up."""
     return max(SPARE_MIN, math.ceil(demand * SPARE_SHARE))
 
 
@@ -520,17 +521,17 @@ def _demand_connections(checked, model, reserved_slots, slots_words, warnings):
         )
     if required > model["ceiling"]:
         _too_many(checked, model, demand_words, required)
-    default_spare = _default_spare(demand)
+    default_spare_slots = default_spare(demand)
     if fixed is not None:
         if spare is not None and fixed < required + spare:
             raise AnsibleFilterError(
                 f"max_connections {fixed} leaves {fixed - required} spare slots above {demand_words} = {required}, "
                 f"fewer than spare_connections {spare}; raise max_connections or leave one of them out"
             )
-        if fixed - required < min(default_spare, model["ceiling"] - required) and spare is None:
+        if fixed - required < min(default_spare_slots, model["ceiling"] - required) and spare is None:
             warnings.append(
                 f"max_connections {fixed} leaves {fixed - required} spare slots above {demand_words} = {required}; "
-                f"the default keeps {default_spare} ({_SPARE_RULE}) for clients nobody declared"
+                f"the default keeps {default_spare_slots} ({SPARE_RULE}) for clients nobody declared"
             )
         return "fixed", fixed, fixed - required, f"max_connections {fixed} was given; it covers {demand_words} = {required}"
     room = model["ceiling"] - required
@@ -539,8 +540,8 @@ def _demand_connections(checked, model, reserved_slots, slots_words, warnings):
             f"spare_connections {spare} does not fit: {demand_words} = {required} leaves {room} slots under the "
             f"ceiling of {model['ceiling']} that {_memory_words(model)}; lower it, or pool clients through PgBouncer"
         )
-    wanted = default_spare if spare is None else spare
-    given = "spare_connections" if spare is not None else f"default spare {_SPARE_RULE}"
+    wanted = default_spare_slots if spare is None else spare
+    given = "spare_connections" if spare is not None else f"default spare {SPARE_RULE}"
     if wanted > room:
         warnings.append(
             f"only {room} spare slots fit above {demand_words} = {required} under the ceiling of {model['ceiling']}, "

@@ -1,6 +1,7 @@
 """fleet_plan: the fleet's budget, resources and standby parity, from inventory variables."""
 
 import json
+import math
 import time
 from collections.abc import Mapping
 
@@ -437,7 +438,8 @@ def test_the_markdown_and_the_console_lines_carry_spare_advice_and_warnings():
     assert "max_connections 43 (10 spare), ceiling 252, headroom 209" in lines[0]
     assert lines[1] == f"  warning: {db1['warnings'][0]}"
     assert "max_connections 61 (3 spare), ceiling 61, headroom 0" in lines[2]
-    assert lines[3:] == [f"  warning: {warning}" for warning in db2["warnings"]]
+    assert lines[3:5] == [f"  warning: {warning}" for warning in db2["warnings"]]
+    assert lines[5].startswith("app1 (PgBouncer): clients: none declared") and len(lines) == 6
 
 
 def test_a_plan_without_warnings_lists_none():
@@ -540,3 +542,155 @@ def test_the_report_is_what_plan_yml_wrote_from_the_plan(over):
     assert report["problems"] == expected["problems"]
     assert report["warnings"] == expected["warnings"]
     assert bool(report["problems"]) == over
+
+
+# The client side: applications declared on a PgBouncer host against max_client_conn x processes.
+POOL = {"name": "app", "host": "db1", "users": 1, "pool_size": 10}
+WEB = {"name": "web", "connections": 10, "instances": 6}
+CRON = {"name": "cron", "connections": 5, "group": "cron"}
+
+
+def client_plan(**pooler):
+    return plan(
+        {"db1": server(), "app1": bouncer(POOL, cpus=4, **pooler), "c1": {}, "c2": {}},
+        groups={"postgresql": ["db1"], "pgbouncer": ["app1"], "cron": ["c1", "c2"]},
+    )
+
+
+@pytest.mark.parametrize(
+    ("sentence", "pooler", "expected"),
+    [
+        (
+            "without declared clients the demand is unknown and max_client_conn keeps its default of 1000",
+            {},
+            {"demand": None, "applications": [], "max_client_conn": 1000, "max_client_conn_source": "default",
+             "processes": 1, "capacity": 1000, "verdict": "undeclared"},
+        ),
+        (
+            "the demand adds up each application's connections x instances: 10 x 6 + 5 x 2 (group cron) = 70",
+            {"headroom_pgbouncer_clients": [WEB, CRON]},
+            {"demand": 70, "applications": [
+                {"name": "web", "connections": 10, "instances": 6, "client_connections": 60},
+                {"name": "cron", "connections": 5, "instances": 2, "client_connections": 10},
+            ], "verdict": "ok"},
+        ),
+        (
+            "hosts count instances as for direct clients, as a list or a count",
+            {"headroom_pgbouncer_clients": [{"name": "a", "connections": 4, "hosts": ["x", "y"]},
+                                            {"name": "b", "connections": 3, "hosts": 3}]},
+            {"demand": 17},
+        ),
+        (
+            "unset, max_client_conn is sized: 70 + max(10, 20% of 70 = 14) = 84, raised to the floor of 100",
+            {"headroom_pgbouncer_clients": [WEB, CRON]},
+            {"max_client_conn": 100, "max_client_conn_source": "sized", "capacity": 100},
+        ),
+        (
+            "unset, a large demand gets 20% spare: 1000 + 200 = 1200",
+            {"headroom_pgbouncer_clients": [{"name": "web", "connections": 20, "instances": 50}]},
+            {"demand": 1000, "max_client_conn": 1200, "max_client_conn_source": "sized", "verdict": "ok"},
+        ),
+        (
+            "the operator's max_client_conn is kept when the clients fit it",
+            {"headroom_pgbouncer_clients": [WEB], "pgbouncer_max_client_conn": 64},
+            {"demand": 60, "max_client_conn": 64, "max_client_conn_source": "given", "capacity": 64, "verdict": "ok"},
+        ),
+        (
+            "each of several processes gets the whole sized max_client_conn: the kernel hashes connections",
+            {"headroom_pgbouncer_clients": [{"name": "web", "connections": 20, "instances": 50}],
+             "pgbouncer_processes": 3},
+            {"max_client_conn": 1200, "processes": 3, "capacity": 3600, "verdict": "ok"},
+        ),
+        (
+            "with several processes a given max_client_conn counts once per process: 3 x 25 = 75 holds 70",
+            {"headroom_pgbouncer_clients": [WEB, CRON], "pgbouncer_max_client_conn": 25, "pgbouncer_processes": 3},
+            {"max_client_conn": 25, "processes": 3, "capacity": 75, "verdict": "ok"},
+        ),
+    ],
+)
+def test_the_client_side_of_each_pgbouncer_host(sentence, pooler, expected):
+    clients = client_plan(**pooler)["poolers"]["app1"]["clients"]
+    assert {key: clients[key] for key in expected} == expected, sentence
+
+
+def test_the_sized_max_client_conn_reaches_the_file_descriptor_limit():
+    sized = client_plan(headroom_pgbouncer_clients=[{"name": "web", "connections": 100, "instances": 20}])
+    sizing = sized["poolers"]["app1"]["sizing"]
+    # 2000 + 400 spare; PgBouncer expects 2400 + 10 + pool 10 descriptors, plus 10% and 100.
+    assert sizing["max_client_conn"] == 2400
+    assert sizing["nofile_limit"] == math.ceil((2400 + 10 + 10) * 1.1) + 100
+    assert sized["ok"] and sized["problems"] == []
+
+
+def test_clients_over_max_client_conn_x_processes_fail_naming_host_sum_limit_applications_and_fix():
+    result = client_plan(headroom_pgbouncer_clients=[WEB, CRON], pgbouncer_max_client_conn=30, pgbouncer_processes=2)
+    pooler = result["poolers"]["app1"]
+    assert pooler["clients"]["verdict"] == "over"
+    assert not result["ok"] and result["problems"] == [pooler["problem"]]
+    message = pooler["problem"]
+    for part in (
+        "pgbouncer host app1",
+        "open 70 client connections",
+        "at most 60 (pgbouncer_max_client_conn 30 x 2 processes)",
+        "no more connections allowed (max_client_conn)",
+        "web 10 x 6 = 60; cron 5 x 2 = 10",
+        "raise pgbouncer_max_client_conn for app1 (at least 35 per process; 100",
+        "headroom_pgbouncer_clients",
+    ):
+        assert part in message, part
+    markdown, lines = fleet_plan_markdown(result), fleet_plan_lines(result)
+    assert f"- {message}" in markdown
+    assert lines[-1].startswith("app1 (PgBouncer): clients 70") and lines[-1].endswith(f"PROBLEM: {message}")
+
+
+def test_clients_that_fit_only_if_spread_over_the_processes_are_a_warning():
+    result = client_plan(headroom_pgbouncer_clients=[WEB, CRON], pgbouncer_max_client_conn=50, pgbouncer_processes=2)
+    assert result["ok"] and result["poolers"]["app1"]["clients"]["verdict"] == "ok"
+    assert result["warnings"] == result["poolers"]["app1"]["warnings"]
+    assert "more than one process's max_client_conn 50; they fit the 2 processes only if" in result["warnings"][0]
+
+
+def test_a_pinned_nofile_limit_below_what_max_client_conn_needs_is_a_problem():
+    result = client_plan(headroom_pgbouncer_clients=[{"name": "web", "connections": 100, "instances": 20}],
+                         pgbouncer_nofile_limit=2000)
+    assert result["problems"] == [result["poolers"]["app1"]["problem"]]
+    assert "pgbouncer_nofile_limit 2000 is below the 2762 file descriptors that max_client_conn 2400" in (
+        result["problems"][0])
+
+
+def test_the_role_default_of_max_client_conn_does_not_count_as_the_operators():
+    # The role's default is a template ("sized from the plan, else 1000"); only the inventory's value is kept.
+    defaults = DEFAULTS | {"pgbouncer_max_client_conn": "{{ connection_budget_pgbouncer_max_client_conn | default(1000) }}"}
+    hostvars = {"db1": server(), "app1": bouncer(POOL, headroom_pgbouncer_clients=[WEB])}
+    result = fleet_plan(hostvars, {"postgresql": ["db1"], "pgbouncer": ["app1"]}, None, defaults)
+    assert result["poolers"]["app1"]["clients"]["max_client_conn_source"] == "sized"
+
+
+def test_the_markdown_and_the_console_lines_show_client_demand_against_max_client_conn_x_processes():
+    result = client_plan(headroom_pgbouncer_clients=[WEB, CRON], pgbouncer_processes=2)
+    markdown, lines = fleet_plan_markdown(result), fleet_plan_lines(result)
+    assert "| app1 | 2 | transaction | 12 | 20 | db1 | 70 | 100 (sized) x 2 = 200 | ok | 1024 |" in markdown
+    assert "- app1: web 10 x 6 = 60; cron 5 x 2 = 10" in markdown
+    assert lines[-1] == (
+        "app1 (PgBouncer): clients 70 (web 10 x 6 = 60; cron 5 x 2 = 10) against max_client_conn 100 (sized) x 2 "
+        "processes = 200; 20 server connections to db1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sentence", "clients", "message"),
+    [
+        ("a declaration must be a list", {"name": "web"}, r" must be a list of clients"),
+        ("an entry needs connections", [{"name": "web"}], r"\[0\] needs connections"),
+        ("a target belongs to direct clients only", [{"name": "web", "connections": 1, "target": "db1"}],
+         r"unknown key\(s\) target; allowed are name, connections, instances, hosts, group"),
+        ("one of instances, hosts and group", [{"name": "web", "connections": 1, "instances": 2, "group": "cron"}],
+         r"more than one of instances, hosts and group"),
+        ("connections are a count", [{"name": "web", "connections": "many"}],
+         r"\[0\].connections must be an integer, got str 'many'"),
+        ("a group must exist", [{"name": "web", "connections": 1, "group": "nope"}], r"names group 'nope'"),
+    ],
+)
+def test_bad_pgbouncer_clients_fail_naming_the_host_the_variable_and_what_is_allowed(sentence, clients, message):
+    with pytest.raises(AnsibleFilterError, match=rf"pgbouncer host app1: headroom_pgbouncer_clients.*{message}"):
+        client_plan(headroom_pgbouncer_clients=clients)

@@ -168,6 +168,31 @@ def test_the_plugin_registers_pgbouncer_tune():
             bouncer(max_client_conn=1000),
             {"estimated_memory": (1000 + 20) * 2048},
         ),
+        (
+            "without max_client_conn or a client demand, max_client_conn is the default of 1000",
+            bouncer(),
+            {"max_client_conn": 1000, "max_client_conn_source": "default", "client_demand": None, "client_capacity": 1000},
+        ),
+        (
+            "a client demand sizes max_client_conn: 1000 + 20% = 1200 per process, and the fd limit follows",
+            bouncer(client_demand=1000),
+            {"max_client_conn": 1200, "max_client_conn_source": "sized", "nofile_limit": math.ceil(1230 * 1.1) + 100},
+        ),
+        (
+            "a small client demand gets at least 10 spare and never less than PgBouncer's default of 100",
+            bouncer(client_demand=30),
+            {"max_client_conn": 100, "max_client_conn_source": "sized"},
+        ),
+        (
+            "every process gets the whole sized max_client_conn, so the capacity is processes times it",
+            bouncer(client_demand=500, processes=2),
+            {"max_client_conn": 600, "processes": 2, "client_capacity": 1200},
+        ),
+        (
+            "a given max_client_conn wins over the client demand",
+            bouncer(client_demand=500, max_client_conn=300, processes=2),
+            {"max_client_conn": 300, "max_client_conn_source": "given", "client_demand": 500, "client_capacity": 600},
+        ),
     ],
 )
 def test_pgbouncer_tune(sentence, given, expected):
@@ -275,6 +300,11 @@ def test_session_mode_notes_that_pools_do_not_multiplex():
             "given pool sizes that do not fit the allowance are not shrunk",
             bouncer([{"name": "appdb", "users": 1, "pool_size": 40}], server_connection_allowance=30),
             r"leaves 30 server connections per process, but the pools need 40 .* \(given pool sizes: appdb",
+        ),
+        (
+            "a negative client demand is refused",
+            bouncer(client_demand=-1),
+            r"client_demand must be at least 0, got -1",
         ),
         (
             "too little memory for the clients is refused",
