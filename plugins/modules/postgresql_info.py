@@ -172,6 +172,10 @@ clusters:
     config_file_settings:
       description: What C(postgresql.conf) itself sets, name to value, the last line winning. Running servers only.
       type: dict
+    pending_restart:
+      description: Names of the settings the server waits to restart for. Running servers only.
+      type: list
+      elements: str
     reserved_roles_lacking:
       description: Roles of O(reserved_roles) that exist and are not members of C(pg_use_reserved_connections).
       type: list
@@ -300,6 +304,7 @@ def read_cluster(module, found, wanted):
     if cluster["running"] and wanted and module.params["read_servers"]:
         state = run_sql(module, cluster, STATE_SQL, {"roles": json.dumps(module.params["reserved_roles"])})
         cluster.update(json.loads(state))
+        cluster["pending_restart"] = [row["name"] for row in cluster["settings"] if row["pending_restart"]]
     return cluster
 
 
