@@ -174,8 +174,8 @@ class Console:
             self.module.fail_json(msg="PgBouncer process %d listens on no Unix socket; its admin console needs one" % self.pid)
         directory, name = os.path.split(self.socket)
         argv = as_owner(self.uid, self.gid, [
-                "psql", "--csv", "--no-psqlrc", "--host", directory, "--port", name.rsplit(".", 1)[1],
-                "--username", "pgbouncer", "--dbname", "pgbouncer"])
+            "psql", "--csv", "--no-psqlrc", "--host", directory, "--port", name.rsplit(".", 1)[1],
+            "--username", "pgbouncer", "--dbname", "pgbouncer"])
         for index, key in enumerate(names):
             if index:
                 argv += ["--command", "\\echo " + SEPARATOR]
