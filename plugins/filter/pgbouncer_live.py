@@ -1,0 +1,99 @@
+"""What the running PgBouncer processes differ in from the planned ones, from one pgbouncer_info read.
+
+Two jobs of the pgbouncer role, on the controller:
+
+* ``pgbouncer_live_diff``: which managed values a process does not run (``SHOW CONFIG``,
+  ``SHOW DATABASES``' pool sizes, the open-files limit), each marked ``restart`` when a
+  RELOAD cannot change it (facts.md, PgBouncer's documentation: listen_addr,
+  listen_port, unix_socket_dir, so_reuseport, user, pidfile; the limit is the kernel's).
+  A RELOAD of a broken file still answers success and falls back to defaults, so this
+  comparison is the only proof that a file is live.
+* ``pgbouncer_retired``: which processes a new layout drops (1 -> N, N -> M, N -> 1), from
+  the units systemd knows and the numbered ini files left on disk.
+
+Values compare as text, the way SHOW CONFIG prints them; a trailing ``.0`` of the live
+value is dropped (some versions print timeouts as ``600.0``).
+"""
+
+import re
+
+from ansible.errors import AnsibleFilterError
+
+_NUMBERED_UNIT = re.compile(r"^pgbouncer@([0-9]+)\.service$")
+_NUMBERED_INI = re.compile(r"^pgbouncer-([0-9]+)\.ini$")
+_TRAILING_ZERO = re.compile(r"\.0$")
+
+
+def _text(value):
+    return "" if value is None else str(value)
+
+
+def _unit(units, name):
+    if not isinstance(units, dict):
+        raise AnsibleFilterError(f"pgbouncer_live_diff: units must be the units dict of pgbouncer_info, got {units!r}")
+    return units.get(name) or {}
+
+
+def pgbouncer_live_diff(units, instances, settings, databases, nofile_limit, restart_only):
+    """Differences between the running processes and the planned ones, in the order of the instances.
+
+    ``units``: ``units`` of pgbouncer_info; ``instances``: the planned processes (``unit``,
+    ``unix_socket_dir``, ``pidfile``, ``logfile``); ``settings``: the [pgbouncer] values every
+    process shares; ``databases``: the planned [databases] entries (``name``, ``pool_size``);
+    ``nofile_limit``: the planned LimitNOFILE; ``restart_only``: settings RELOAD cannot change.
+    Each difference is ``{unit, setting, live, wanted, restart}`` with ``live`` and ``wanted``
+    as text, except LimitNOFILE's, which are the numbers. A process that does not run has no
+    live values, so every value differs.
+    """
+    restart_only = set(restart_only)
+    out = []
+    for instance in instances:
+        live = _unit(units, instance["unit"]).get("config") or {}
+        wanted = dict(settings)
+        wanted.update((key, instance[key]) for key in ("unix_socket_dir", "pidfile", "logfile"))
+        for key, value in wanted.items():
+            if _TRAILING_ZERO.sub("", _text(live.get(key))) != _text(value):
+                out.append({"unit": instance["unit"], "setting": key, "live": _text(live.get(key)),
+                            "wanted": _text(value), "restart": key in restart_only})
+        nofile = _unit(units, instance["unit"]).get("nofile")
+        if nofile is None or int(nofile) != int(nofile_limit):
+            out.append({"unit": instance["unit"], "setting": "LimitNOFILE", "live": nofile,
+                        "wanted": nofile_limit, "restart": True})
+    for instance in instances:
+        pools = {row["name"]: row["pool_size"] for row in _unit(units, instance["unit"]).get("databases") or []}
+        for db in databases:
+            if _text(pools.get(db["name"])) != _text(db["pool_size"]):
+                out.append({"unit": instance["unit"], "setting": f"{db['name']}.pool_size",
+                            "live": _text(pools.get(db["name"])), "wanted": _text(db["pool_size"]), "restart": False})
+    return out
+
+
+def pgbouncer_retired(info, instances):
+    """The units a new layout stops and the numbered processes whose files it removes.
+
+    ``info``: the result of pgbouncer_info; ``instances``: the planned processes (``id`` 0 is
+    Debian's single pgbouncer.service). Returns ``active``, ``enabled`` and ``loaded`` (units that
+    run, start at boot and that systemd has loaded now), ``ids`` (numbers of the dropped processes, from their units and
+    their ini files) and ``units`` (the units to stop and disable: the dropped numbered ones, and
+    pgbouncer.service when several processes replace it).
+    """
+    units = info.get("units") or {}
+    wanted = {int(instance["id"]) for instance in instances} - {0}
+    numbers = {int(m.group(1)) for m in map(_NUMBERED_UNIT.match, units) if m}
+    numbers |= {int(m.group(1)) for m in (_NUMBERED_INI.match(path.rsplit("/", 1)[-1]) for path in info.get("config_files") or {})
+                if m}
+    ids = sorted(numbers - wanted)
+    return {
+        "active": sorted(name for name, unit in units.items() if unit.get("active") == "active"),
+        "enabled": sorted(name for name, unit in units.items() if unit.get("enabled") == "enabled"),
+        "loaded": sorted(name for name, unit in units.items() if unit.get("load") not in ("not-found", "", None)),
+        "ids": ids,
+        "units": (["pgbouncer.service"] if len(instances) > 1 else []) + [f"pgbouncer@{n}.service" for n in ids],
+    }
+
+
+class FilterModule:
+    """Comparisons of the live PgBouncer with the planned one."""
+
+    def filters(self):
+        return {"pgbouncer_live_diff": pgbouncer_live_diff, "pgbouncer_retired": pgbouncer_retired}

@@ -1,0 +1,140 @@
+"""pgbouncer_live_diff and pgbouncer_retired: the running PgBouncer against the planned one."""
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_live import (
+    FilterModule,
+    pgbouncer_live_diff,
+    pgbouncer_retired,
+)
+
+RESTART_ONLY = ["listen_addr", "listen_port", "unix_socket_dir", "so_reuseport", "user", "pidfile"]
+SINGLE = {"id": 0, "unit": "pgbouncer.service", "unix_socket_dir": "/var/run/postgresql",
+          "pidfile": "/var/run/postgresql/pgbouncer.pid", "logfile": "/var/log/postgresql/pgbouncer.log"}
+SETTINGS = {"listen_port": 6432, "max_client_conn": 1200, "server_idle_timeout": "600", "auth_user": ""}
+TARGETS = [{"name": "bench", "pool_size": 12}]
+
+
+def running(config=None, pool_size="12", nofile=1420):
+    live = {"listen_port": "6432", "max_client_conn": "1200", "server_idle_timeout": "600", "auth_user": "",
+            "unix_socket_dir": SINGLE["unix_socket_dir"], "pidfile": SINGLE["pidfile"], "logfile": SINGLE["logfile"]}
+    live.update(config or {})
+    return {"pgbouncer.service": {"running": True, "config": live, "nofile": nofile,
+                                  "databases": [{"name": "bench", "pool_size": pool_size}, {"name": "pgbouncer", "pool_size": "2"}]}}
+
+
+def diff(units, instances=(SINGLE,)):
+    return pgbouncer_live_diff(units, list(instances), SETTINGS, TARGETS, 1420, RESTART_ONLY)
+
+
+def test_the_plugin_registers_both_filters():
+    assert set(FilterModule().filters()) == {"pgbouncer_live_diff", "pgbouncer_retired"}
+
+
+@pytest.mark.parametrize(
+    ("sentence", "units", "expected"),
+    [
+        ("a process that runs the plan differs in nothing", running(), []),
+        ("a timeout printed as 600.0 is the 600 that was written", running({"server_idle_timeout": "600.0"}), []),
+        (
+            "a file broken by hand falls back to defaults: reloadable, so no restart",
+            running({"max_client_conn": "100"}),
+            [{"unit": "pgbouncer.service", "setting": "max_client_conn", "live": "100", "wanted": "1200", "restart": False}],
+        ),
+        (
+            "a changed port waits for a restart",
+            running({"listen_port": "6433"}),
+            [{"unit": "pgbouncer.service", "setting": "listen_port", "live": "6433", "wanted": "6432", "restart": True}],
+        ),
+        (
+            "an open-files limit set outside the role needs a restart, and compares as numbers",
+            running(nofile=512),
+            [{"unit": "pgbouncer.service", "setting": "LimitNOFILE", "live": 512, "wanted": 1420, "restart": True}],
+        ),
+        (
+            "a pool size the reload did not take is named after its database",
+            running(pool_size="20"),
+            [{"unit": "pgbouncer.service", "setting": "bench.pool_size", "live": "20", "wanted": "12", "restart": False}],
+        ),
+    ],
+)
+def test_live_diff(sentence, units, expected):
+    assert diff(units) == expected, sentence
+
+
+def test_a_value_the_process_does_not_show_is_empty():
+    units = running()
+    del units["pgbouncer.service"]["config"]["auth_user"]
+    units["pgbouncer.service"]["config"]["auth_user"] = None
+    assert diff(units) == []
+
+
+def test_a_process_that_does_not_run_differs_in_every_value_not_written_empty():
+    differences = diff({"pgbouncer.service": {"running": False}})
+    assert {d["setting"] for d in differences} == set(SETTINGS) - {"auth_user"} | {
+        "unix_socket_dir", "pidfile", "logfile", "LimitNOFILE", "bench.pool_size"}
+    assert {d["setting"] for d in differences if d["restart"]} == {"listen_port", "unix_socket_dir", "pidfile",
+                                                                   "LimitNOFILE"}
+
+
+def test_settings_come_before_pool_sizes_process_by_process():
+    second = dict(SINGLE, unit="pgbouncer@2.service")
+    units = running(pool_size="20")
+    units["pgbouncer@2.service"] = dict(units["pgbouncer.service"], nofile=1)
+    order = [(d["unit"], d["setting"]) for d in diff(units, [SINGLE, second])]
+    assert order == [("pgbouncer@2.service", "LimitNOFILE"), ("pgbouncer.service", "bench.pool_size"),
+                     ("pgbouncer@2.service", "bench.pool_size")]
+
+
+def test_units_that_are_not_pgbouncer_info_units_are_refused():
+    with pytest.raises(AnsibleFilterError, match="units dict of pgbouncer_info"):
+        diff([])
+
+
+def info(units=(), inis=()):
+    return {
+        "units": {name: {"load": load, "active": active, "enabled": "enabled" if active == "active" else "disabled"}
+                  for name, load, active in units},
+        "config_files": {f"/etc/pgbouncer/{ini}": "0" for ini in inis},
+    }
+
+
+NUMBERED = [{"id": 1}, {"id": 2}]
+
+
+@pytest.mark.parametrize(
+    ("sentence", "given", "instances", "expected"),
+    [
+        (
+            "one process as before drops nothing",
+            info([("pgbouncer.service", "loaded", "active")], ["pgbouncer.ini", "pgbouncer.ini.last-good"]),
+            [{"id": 0}],
+            {"active": ["pgbouncer.service"], "enabled": ["pgbouncer.service"], "loaded": ["pgbouncer.service"], "ids": [], "units": []},
+        ),
+        (
+            "1 -> 2 stops Debian's single unit",
+            info([("pgbouncer.service", "loaded", "active")]),
+            NUMBERED,
+            {"active": ["pgbouncer.service"], "enabled": ["pgbouncer.service"], "loaded": ["pgbouncer.service"], "ids": [], "units": ["pgbouncer.service"]},
+        ),
+        (
+            "2 -> 1 stops both numbered units and removes their files",
+            info([("pgbouncer.service", "loaded", "inactive"), ("pgbouncer@1.service", "loaded", "active"),
+                  ("pgbouncer@2.service", "loaded", "active")], ["pgbouncer-1.ini", "pgbouncer-2.ini"]),
+            [{"id": 0}],
+            {"active": ["pgbouncer@1.service", "pgbouncer@2.service"], "enabled": ["pgbouncer@1.service", "pgbouncer@2.service"],
+             "loaded": ["pgbouncer.service", "pgbouncer@1.service", "pgbouncer@2.service"],
+             "ids": [1, 2], "units": ["pgbouncer@1.service", "pgbouncer@2.service"]},
+        ),
+        (
+            "an ini file left on disk without its unit is dropped too; a planned unit systemd does not know is not loaded",
+            info([("pgbouncer@1.service", "loaded", "active"), ("pgbouncer@2.service", "not-found", "inactive")],
+                 ["pgbouncer-1.ini", "pgbouncer-3.ini", "pgbouncer-3.ini.last-good"]),
+            NUMBERED,
+            {"active": ["pgbouncer@1.service"], "enabled": ["pgbouncer@1.service"], "loaded": ["pgbouncer@1.service"], "ids": [3],
+             "units": ["pgbouncer.service", "pgbouncer@3.service"]},
+        ),
+    ],
+)
+def test_retired(sentence, given, instances, expected):
+    assert pgbouncer_retired(given, instances) == expected, sentence
