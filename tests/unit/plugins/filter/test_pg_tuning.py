@@ -43,10 +43,10 @@ def stopped(name="16/main", version=16):
     }
 
 
-def running_as_planned(variables=VARIABLES, **changes):
+def running_as_planned(**changes):
     """A running cluster whose server runs exactly what the role would write."""
     cluster = stopped()
-    settings = pg_tuning_plans({"clusters": [cluster]}, variables, "db1")["plans"][0]["settings"]
+    settings = pg_tuning_plans({"clusters": [cluster]}, VARIABLES, "db1")["plans"][0]["settings"]
     rows = [{"name": name, "setting": str(value), "unit": None, "vartype": "string", "context": "sighup",
              "pending_restart": False} for name, value in settings.items()]
     files = [{"name": name, "setting": str(value), "sourcefile": MANAGED, "sourceline": 1, "error": None}
