@@ -10,7 +10,9 @@ from ansible_collections.headroom.pg.plugins.filter.pg_config import pg_conf_val
 from ansible_collections.headroom.pg.plugins.filter.postgresql_sizing import effective_resources
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import check_mapping
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import (
+    INCLUDE_DIR,
     backups_to_prune,
+    include_dir_ready,
     kept_from_cluster,
     missing_clusters,
     overridden,
@@ -34,6 +36,8 @@ def plan_cluster(cluster, variables, clusters):
         "settings": settings,
         "warnings": connections["warnings"],
         "libraries": pg_library_files(settings, cluster["pkglibdir"]),
+        "include_dir": INCLUDE_DIR,
+        "include_dir_ready": include_dir_ready(cluster),
         "huge_pages_on": cluster["version"] >= 15
         and str(pg_conf_value(settings.get("huge_pages", ""), "huge_pages")).lower() in TRUE_WORDS,
     }

@@ -143,8 +143,8 @@ clusters:
       type: bool
     managed_file:
       description: >-
-        Path, C(exists), C(mtime) and C(dir_exists) of the managed file, and its C(backups) (C(path), C(mtime)),
-        newest first.
+        Path, C(exists) and C(mtime) of the managed file; whether its directory exists (C(dir_exists)) and its
+        C(dir_mode) (octal), C(dir_owner) and C(dir_group); and its C(backups) (C(path), C(mtime)), newest first.
       type: dict
     resources:
       description: Memory, CPUs and cgroup limits along the postmaster's cgroup chain (this process's when stopped).
@@ -187,9 +187,12 @@ clusters:
 """
 
 import fnmatch
+import grp
 import json
 import os
+import pwd
 import re
+import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.headroom.pg.plugins.module_utils.pg_host import (
@@ -260,13 +263,24 @@ def _managed_file(cluster, config_file, config_mode, include_file):
                 backups.append({"path": full, "mtime": os.stat(full).st_mtime})
     backups.sort(key=lambda backup: backup["mtime"], reverse=True)
     exists = os.path.exists(path)
+    found = os.stat(directory) if os.path.isdir(directory) else None
     return include_dir_set, {
         "path": path,
         "exists": exists,
         "mtime": os.stat(path).st_mtime if exists else 0,
-        "dir_exists": os.path.isdir(directory),
+        "dir_exists": found is not None,
+        "dir_mode": "%04o" % stat.S_IMODE(found.st_mode) if found else "",
+        "dir_owner": _name(pwd.getpwuid, found.st_uid) if found else "",
+        "dir_group": _name(grp.getgrgid, found.st_gid) if found else "",
         "backups": backups,
     }
+
+
+def _name(lookup, number):
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
 
 
 def _pkglibdir(module, bindir):

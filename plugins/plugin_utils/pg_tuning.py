@@ -24,6 +24,10 @@ NAMED_KEYS = ("memory_fraction", "reserved_memory", "overrides", "spare_connecti
               "connection_memory", "reserved_connections")
 FIRST_WORD_KEYS = ("max_connections", "connection_demand")
 
+#: The include directory of `include` mode: not world-readable, since the settings say how the
+#: server logs and authenticates.
+INCLUDE_DIR = {"mode": "0750", "owner": "postgres", "group": "postgres"}
+
 #: ALTER SYSTEM writes this file; its values can be reset, other files' only edited.
 AUTO_CONF = re.compile(r".*/postgresql\.auto\.conf$")
 
@@ -92,6 +96,14 @@ def kept_from_cluster(cluster, settings):
     running = {row["name"]: row["setting"] for row in cluster["settings"] if row["name"] in KEPT_SETTINGS}
     kept = dict(running, **cluster["config_file_settings"])
     return {name: value for name, value in kept.items() if name not in settings}
+
+
+def include_dir_ready(cluster):
+    """Whether postgresql.conf reads an include directory that exists with INCLUDE_DIR's mode and owner."""
+    managed = cluster["managed_file"]
+    return bool(cluster.get("include_dir_set")) and managed.get("dir_exists", False) and all(
+        managed.get("dir_" + key) == value for key, value in INCLUDE_DIR.items()
+    )
 
 
 def backups_to_prune(cluster, kept):

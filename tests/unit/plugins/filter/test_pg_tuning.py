@@ -38,7 +38,8 @@ def stopped(name="16/main", version=16):
         "pkglibdir": f"/usr/lib/postgresql/{version}/lib",
         "config_file": f"/etc/postgresql/{name}/postgresql.conf",
         "include_dir_set": True,
-        "managed_file": {"path": MANAGED, "exists": True, "mtime": 100.0, "dir_exists": True, "backups": []},
+        "managed_file": {"path": MANAGED, "exists": True, "mtime": 100.0, "dir_exists": True, "backups": [],
+                         "dir_mode": "0750", "dir_owner": "postgres", "dir_group": "postgres"},
         "resources": {"memory": 4 * GB, "cpus": 2, "cgroup_memory_limits": [], "cgroup_cpu_limits": []},
     }
 
@@ -191,3 +192,12 @@ def test_pending_restart_reads_the_value_the_files_give(error):
         if row["name"] == "shared_buffers":
             row.update(setting="2GB", error=error)
     assert pg_pending_restart([cluster], [])[0]["configured"] == "2GB"
+
+
+def test_an_include_directory_others_can_read_is_made_ready_again():
+    cluster = running_as_planned()
+    assert plan_of(cluster)["include_dir_ready"] is True
+    cluster["managed_file"]["dir_mode"] = "0755"
+    assert plan_of(cluster)["include_dir_ready"] is False
+    cluster["managed_file"]["dir_mode"], cluster["include_dir_set"] = "0750", False
+    assert plan_of(cluster)["include_dir_ready"] is False
