@@ -64,7 +64,7 @@ def plan_cluster(cluster, variables, clusters):
     plan.update(
         kept=kept_from_cluster(cluster, settings),
         alter_system=alter_system,
-        overridden=[dict(row, cluster=cluster["name"], managed=settings[row["name"]]) for row in kept_overrides],
+        overridden=[dict(row, cluster=cluster["name"]) for row in kept_overrides],
         effective=effective,
         diff=diff,
         pending=[dict(row, cluster=cluster["name"]) for row in diff or []],
