@@ -28,11 +28,12 @@ def version_of(cluster):
     return int(float(cluster["version"]))
 
 
-def psql_argv(cluster):
-    """psql as the cluster's owner over its socket, reading SQL from stdin; nothing from ~/.psqlrc."""
+def psql_argv(cluster, database="postgres"):
+    """psql as the cluster's owner over its socket, reading SQL from stdin; nothing from ~/.psqlrc.
+    The one psql command line of headroom's modules (postgresql_info, postgresql_query)."""
     return [
         "runuser", "-u", "postgres", "--", "psql", "-XAtq", "--set=ON_ERROR_STOP=1",
-        "--host=%s" % cluster["socketdir"], "--port=%s" % cluster["port"], "--dbname=postgres",
+        "--host=%s" % cluster["socketdir"], "--port=%s" % cluster["port"], "--dbname=%s" % database,
     ]
 
 
