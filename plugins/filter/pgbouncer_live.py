@@ -10,6 +10,8 @@ Two jobs of the pgbouncer role, on the controller:
   comparison is the only proof that a file is live.
 * ``pgbouncer_retired``: which processes a new layout drops (1 -> N, N -> M, N -> 1), from
   the units systemd knows and the numbered ini files left on disk.
+* ``pgbouncer_apply``: why anything must be made live (apply.yml runs only then): a written
+  file changed, a process to stop, start or enable, or a restart allowed and needed.
 
 Values compare as text, the way SHOW CONFIG prints them; a trailing ``.0`` of the live
 value is dropped (some versions print timeouts as ``600.0``).
@@ -92,8 +94,43 @@ def pgbouncer_retired(info, instances):
     }
 
 
+def _changed(result):
+    """Ansible's ``changed`` test: the result, or any result of its loop, changed."""
+    if not isinstance(result, dict):
+        raise AnsibleFilterError(f"pgbouncer_apply: a written file's result must be a registered result, got {result!r}")
+    return bool(result.get("changed")) or any(_changed(item) for item in result.get("results") or ())
+
+
+def pgbouncer_apply(written, info, instances, retired, live_before, allow_restart):
+    """The reasons to make the host live, in a fixed order; [] on a no-op.
+
+    ``written``: each written file's registered result by a name for it; ``info``: the result of
+    pgbouncer_info; ``instances``: the planned processes; ``retired``: pgbouncer_retired of them;
+    ``live_before``: pgbouncer_live_diff of the first read; ``allow_restart``: pgbouncer_allow_restart.
+    """
+    if not isinstance(written, dict):
+        raise AnsibleFilterError(f"pgbouncer_apply: written must map names to registered results, got {written!r}")
+    reasons = [f"{name} changed" for name, result in written.items() if _changed(result)]
+    stop = [unit for unit in retired["units"] if unit in retired["loaded"]]
+    if stop:
+        reasons.append(f"{', '.join(stop)} to stop and disable")
+    if retired["ids"]:
+        reasons.append(f"the files of process(es) {', '.join(map(str, retired['ids']))} to remove")
+    if len(instances) == 1 and info.get("template_unit"):
+        reasons.append("pgbouncer@.service to remove (one process)")
+    running = set(retired["active"]) & set(retired["enabled"])
+    start = [instance["unit"] for instance in instances if instance["unit"] not in running]
+    if start:
+        reasons.append(f"{', '.join(start)} to start or enable")
+    restart = sorted({d["setting"] for d in live_before if d["restart"]})
+    if allow_restart and restart:
+        reasons.append(f"a restart for {', '.join(restart)} (pgbouncer_allow_restart)")
+    return reasons
+
+
 class FilterModule:
     """Comparisons of the live PgBouncer with the planned one."""
 
     def filters(self):
-        return {"pgbouncer_live_diff": pgbouncer_live_diff, "pgbouncer_retired": pgbouncer_retired}
+        return {"pgbouncer_live_diff": pgbouncer_live_diff, "pgbouncer_retired": pgbouncer_retired,
+                "pgbouncer_apply": pgbouncer_apply}

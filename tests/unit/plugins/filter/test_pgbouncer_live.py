@@ -4,6 +4,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_live import (
     FilterModule,
+    pgbouncer_apply,
     pgbouncer_live_diff,
     pgbouncer_retired,
 )
@@ -28,7 +29,7 @@ def diff(units, instances=(SINGLE,)):
 
 
 def test_the_plugin_registers_both_filters():
-    assert set(FilterModule().filters()) == {"pgbouncer_live_diff", "pgbouncer_retired"}
+    assert set(FilterModule().filters()) == {"pgbouncer_live_diff", "pgbouncer_retired", "pgbouncer_apply"}
 
 
 @pytest.mark.parametrize(
@@ -138,3 +139,54 @@ NUMBERED = [{"id": 1}, {"id": 2}]
 )
 def test_retired(sentence, given, instances, expected):
     assert pgbouncer_retired(given, instances) == expected, sentence
+
+
+UNCHANGED = {"changed": False}
+WRITTEN = {"userlist.txt": UNCHANGED, "pgbouncer.ini": {"changed": False, "results": [UNCHANGED]},
+           "pgbouncer@.service": {"changed": False, "skipped": True}, "the LimitNOFILE drop-in": UNCHANGED}
+RUNS = info([("pgbouncer.service", "loaded", "active")], ["pgbouncer.ini"])
+
+
+def apply(written=None, given=None, instances=(SINGLE,), live_before=(), allow_restart=False, template_unit=False):
+    given = dict(given or RUNS, template_unit=template_unit)
+    return pgbouncer_apply({**WRITTEN, **(written or {})}, given, list(instances),
+                           pgbouncer_retired(given, list(instances)), list(live_before), allow_restart)
+
+
+RESTART = {"unit": "pgbouncer.service", "setting": "listen_port", "live": "6433", "wanted": "6432", "restart": True}
+RELOAD = {"unit": "pgbouncer.service", "setting": "max_client_conn", "live": "100", "wanted": "1200", "restart": False}
+TWO = [dict(SINGLE, id=1, unit="pgbouncer@1.service"), dict(SINGLE, id=2, unit="pgbouncer@2.service")]
+
+
+@pytest.mark.parametrize(
+    ("sentence", "kwargs", "expected"),
+    [
+        ("a process that runs and starts at boot, with nothing written, is a no-op", {}, []),
+        ("a difference RELOAD would fix is no reason alone: the files did not change", {"live_before": [RELOAD]}, []),
+        ("a restart-only difference without pgbouncer_allow_restart is only reported", {"live_before": [RESTART]}, []),
+        ("a restart-only difference with pgbouncer_allow_restart restarts",
+         {"live_before": [RESTART, RELOAD], "allow_restart": True},
+         ["a restart for listen_port (pgbouncer_allow_restart)"]),
+        ("a changed userlist", {"written": {"userlist.txt": {"changed": True}}}, ["userlist.txt changed"]),
+        ("a changed pgbouncer.ini of one process in a loop",
+         {"written": {"pgbouncer.ini": {"results": [UNCHANGED, {"changed": True}]}}}, ["pgbouncer.ini changed"]),
+        ("a process that is stopped",
+         {"given": info([("pgbouncer.service", "loaded", "inactive")])}, ["pgbouncer.service to start or enable"]),
+        ("a process that is not installed yet", {"given": info()}, ["pgbouncer.service to start or enable"]),
+        ("the template unit left behind by several processes", {"template_unit": True},
+         ["pgbouncer@.service to remove (one process)"]),
+        ("1 -> 2 stops Debian's unit and starts the numbered ones", {"instances": TWO},
+         ["pgbouncer.service to stop and disable", "pgbouncer@1.service, pgbouncer@2.service to start or enable"]),
+        ("a numbered ini left on disk", {"given": info([("pgbouncer.service", "loaded", "active")], ["pgbouncer-3.ini"])},
+         ["the files of process(es) 3 to remove"]),
+    ],
+)
+def test_apply(sentence, kwargs, expected):
+    assert apply(**kwargs) == expected, sentence
+
+
+def test_apply_refuses_what_is_not_registered_results():
+    with pytest.raises(AnsibleFilterError, match="registered result"):
+        apply(written={"userlist.txt": "changed"})
+    with pytest.raises(AnsibleFilterError, match="written must map"):
+        pgbouncer_apply([], RUNS, [SINGLE], pgbouncer_retired(RUNS, [SINGLE]), [], False)
