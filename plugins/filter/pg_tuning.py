@@ -44,8 +44,8 @@ def plan_cluster(cluster, variables, clusters):
     if "settings" not in cluster:  # stopped: planned again once it runs
         return plan
     reset = bool(variables.get("reset_alter_system"))
-    alter_system, kept_overrides = overridden(cluster, settings, reset)
-    effective = {name: value for name, value in settings.items() if name not in {row["name"] for row in kept_overrides}}
+    overrides = overridden(cluster["file_settings"], settings, cluster["managed_file"]["path"], reset)
+    alter_system, kept_overrides, effective = overrides["alter_system"], overrides["kept"], overrides["effective"]
     try:
         diff = pg_settings_diff(effective, cluster["settings"])
     except AnsibleFilterError:
@@ -97,6 +97,12 @@ def pg_tuning_plans(read, variables, host):
     return {"plans": plans, "refusals": refusals}
 
 
+def pg_overrides(file_settings, settings, managed_file, reset_alter_system):
+    """The overrides of the managed settings after a write (apply.yml), by the rule the plan uses:
+    ``{"alter_system": [...], "kept": [...], "effective": {...}}``."""
+    return overridden(file_settings, settings, managed_file, bool(reset_alter_system))
+
+
 def pg_pending_restart(clusters, parity):
     """The settings each running cluster (module postgresql_info) waits to restart for: name,
     cluster, the running value, the value the files give it, and whether that lowers one of the
@@ -124,4 +130,4 @@ class FilterModule:
     """postgresql_tuning's plan."""
 
     def filters(self):
-        return {"pg_tuning_plans": pg_tuning_plans, "pg_pending_restart": pg_pending_restart}
+        return {"pg_tuning_plans": pg_tuning_plans, "pg_pending_restart": pg_pending_restart, "pg_overrides": pg_overrides}

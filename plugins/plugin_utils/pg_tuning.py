@@ -80,14 +80,16 @@ def size(cluster, resources, variable, clusters):
         raise AnsibleFilterError(f"Cluster {cluster['name']} was not changed: {in_role_terms(str(err))}") from None
 
 
-def overridden(cluster, settings, reset_alter_system):
-    """The managed settings another file sets last: those ALTER SYSTEM set (which the role can
-    reset) and those that stay overridden."""
-    managed_file = cluster["managed_file"]["path"]
-    rows = [row for row in cluster["file_settings"] if row["name"] in settings and row["sourcefile"] != managed_file]
+def overridden(file_settings, settings, managed_file, reset_alter_system):
+    """The managed settings another file sets last (``file_settings``: the winning pg_file_settings
+    rows): those ALTER SYSTEM set, which the role can reset; those that stay overridden; and the
+    managed settings the server should run, the ones that stay overridden left out."""
+    rows = [row for row in file_settings if row["name"] in settings and row["sourcefile"] != managed_file]
     alter_system = [row for row in rows if AUTO_CONF.match(row["sourcefile"] or "")]
     kept = [row for row in rows if not (reset_alter_system and row in alter_system)]
-    return alter_system, kept
+    names = {row["name"] for row in kept}
+    effective = {name: value for name, value in settings.items() if name not in names}
+    return {"alter_system": alter_system, "kept": kept, "effective": effective}
 
 
 def kept_from_cluster(cluster, settings):
