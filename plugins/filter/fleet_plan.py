@@ -58,7 +58,8 @@ PGBOUNCER_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "m
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_KEYS = ("name", "target", "connections", "active", "instances", "hosts", "group", "reserved", "role")
 #: An application behind PgBouncer, declared on the PgBouncer host it connects through.
-PGBOUNCER_CLIENT_KEYS = ("name", "connections", "instances", "hosts", "group")
+#: ``user`` and ``database`` (a pgbouncer_databases name) say where PgBouncer enforces its share.
+PGBOUNCER_CLIENT_KEYS = ("name", "connections", "instances", "hosts", "group", "user", "database")
 
 #: The first PostgreSQL with reserved_connections and the role pg_use_reserved_connections.
 RESERVED_CONNECTIONS_FROM = 16
@@ -253,7 +254,7 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
             f"pgbouncer host {pooler}: its CPUs are unknown (no cached facts); set headroom_cpus for it or run "
             "site.yml once with fact caching on"
         )
-    applications = _pgbouncer_clients(hostvars, pooler, groups)
+    applications = _pgbouncer_clients(hostvars, pooler, groups, [entry["name"] for entry in entries])
     spec = {
         "cpus": cpus,
         # The inventory's value, or none: then pgbouncer_tune sizes it from the declared clients
@@ -287,6 +288,16 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
         minimum=0,
     )
     verdict, problem, warnings = _client_verdict(pooler, sized, applications, nofile_limit)
+    # What each named user's pools can open on each server: a direct client's role that is also
+    # a PgBouncer user needs both under its CONNECTION LIMIT.
+    user_connections = [
+        {"target": database["target"], "user": user,
+         "connections": min(database["max_db_connections"] or database["server_connections"],
+                            database["pool_size"] + database["reserve_pool_size"]) * sized["processes"]}
+        for entry, database in zip(entries, sized["databases"], strict=True)
+        if isinstance(entry.get("users"), list)
+        for user in entry["users"]
+    ]
     return {
         "sizing": sized,
         "server_cpus": as_int(server_cpus, f"pgbouncer host {pooler}: pgbouncer_server_cpus", minimum=1),
@@ -300,7 +311,12 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
             "processes": sized["processes"],
             "capacity": sized["client_capacity"],
             "verdict": verdict,
+            # Each process enforces them on its own (PgBouncer 1.24+: max_user_client_connections,
+            # max_db_client_connections): the share is the declared total, per process.
+            "user_limits": _client_limits(applications, "user"),
+            "database_limits": _client_limits(applications, "database"),
         },
+        "user_connections": user_connections,
         "problem": problem,
         "warnings": warnings,
     }
@@ -407,27 +423,74 @@ def _direct_clients(direct_clients, groups, servers):
     return clients
 
 
-def _pgbouncer_clients(hostvars, pooler, groups):
+def _pgbouncer_clients(hostvars, pooler, groups, database_names):
     """The applications declared on a PgBouncer host (headroom_pgbouncer_clients), each with its pool x instances."""
+    variable = f"pgbouncer host {pooler}: headroom_pgbouncer_clients"
     declared = _declared_clients(
-        hostvars[pooler].get("headroom_pgbouncer_clients"),
-        f"pgbouncer host {pooler}: headroom_pgbouncer_clients",
-        PGBOUNCER_CLIENT_KEYS,
-        ("name", "connections"),
+        hostvars[pooler].get("headroom_pgbouncer_clients"), variable, PGBOUNCER_CLIENT_KEYS, ("name", "connections"),
         groups,
     )
     applications = []
     for what, client in declared:
         connections, instances = client_connections(client, what)
+        user, database = client.get("user"), client.get("database")
+        if user is not None and (not isinstance(user, str) or not user):
+            raise AnsibleFilterError(f"{what} ({client['name']}): user must be a PgBouncer user name, got {user!r}")
+        if database is not None and database not in database_names:
+            raise AnsibleFilterError(
+                f"{what} ({client['name']}): database {database!r} is not one of this host's pgbouncer_databases "
+                f"({', '.join(database_names)})"
+            )
         applications.append(
             {
                 "name": str(client["name"]),
                 "connections": connections,
                 "instances": instances,
                 "client_connections": connections * instances,
+                "user": user,
+                "database": database,
             }
         )
     return sorted(applications, key=lambda app: (-app["client_connections"], app["name"]))
+
+
+def _client_limits(applications, key):
+    """The declared client connections per user (or per database) of a PgBouncer host's applications."""
+    limits = {}
+    for app in applications:
+        if app[key] is not None and app["client_connections"] > 0:
+            limits[app[key]] = limits.get(app[key], 0) + app["client_connections"]
+    return dict(sorted(limits.items()))
+
+
+def _role_limits(clients, pooler_plans, primary_of):
+    """Per server, the CONNECTION LIMIT of each role that direct clients name: their connections x
+    instances, plus what PgBouncer pools of the same user can open there. Roles are one catalog
+    for a primary and its standbys, so the primary of each replication tree carries the largest
+    limit any of its servers needs, and standbys get none of their own (ALTER ROLE runs on the primary)."""
+    limits = {host: {} for host in primary_of}
+    for client in clients:
+        if client.get("role"):
+            per_instance, instances = client_connections(client, str(client["name"]))
+            server = limits[client["target"]]
+            server[client["role"]] = server.get(client["role"], 0) + per_instance * instances
+    for plan in pooler_plans.values():
+        for row in plan["user_connections"]:
+            server = limits[row["target"]]
+            if row["user"] in server:
+                server[row["user"]] += row["connections"]
+    for host, primary in primary_of.items():
+        if primary is None:
+            continue
+        root = primary
+        while primary_of[root] is not None:
+            root = primary_of[root]
+        for role, limit in limits[host].items():
+            limits[root][role] = max(limits[root].get(role, 0), limit)
+    return {
+        host: {} if primary_of[host] is not None else {role: n for role, n in sorted(roles.items()) if n > 0}
+        for host, roles in limits.items()
+    }
 
 
 def _reserved_clients(clients, resources, specs):
@@ -540,7 +603,9 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
     pooler_plans = {
         host: _pooler(hostvars, host, set(servers), addresses, server_cpus_of, defaults, groups) for host in poolers
     }
-    clients, reserved_roles = _reserved_clients(_direct_clients(direct_clients, groups, set(servers)), resources, specs)
+    declared_clients = _direct_clients(direct_clients, groups, set(servers))
+    role_limits = _role_limits(declared_clients, pooler_plans, primary_of)
+    clients, reserved_roles = _reserved_clients([dict(client) for client in declared_clients], resources, specs)
     try:
         budget = pg_connection_budget(
             {host: {"spec": specs[host]} for host in servers},
@@ -583,6 +648,7 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
             "tuning_active_demand": spec.get("active_demand"),
             "tuning_reserved_connections": spec.get("reserved_connections", 0),
             "reserved_roles": reserved_roles[host],
+            "role_connection_limits": role_limits[host],
             "spare_connections": None,
             "advice": None,
             "warnings": [],

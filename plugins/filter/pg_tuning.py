@@ -16,6 +16,7 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import (
     kept_from_cluster,
     missing_clusters,
     overridden,
+    role_limits,
     size,
 )
 
@@ -25,7 +26,8 @@ TRUE_WORDS = ("on", "true", "yes", "1")
 def plan_cluster(cluster, variables, clusters):
     """What the role does to one cluster. Keys: name, cluster, resources, connections, settings,
     warnings, libraries, huge_pages_on; for a running server also kept (`full` mode), alter_system,
-    overridden, effective, diff, pending, reload, and needs_apply with its reasons."""
+    overridden, effective, diff, pending, reload, role_limits (the CONNECTION LIMITs to set), and
+    needs_apply with its reasons."""
     resources = effective_resources(cluster["resources"])
     connections, settings = size(cluster, resources, variables.get, clusters)
     plan = {
@@ -53,12 +55,15 @@ def plan_cluster(cluster, variables, clusters):
     reload = diff is None or any(not row["pending_restart"] for row in diff) or (
         cluster["managed_file"]["mtime"] > cluster["load_time"]
     )
+    limits_to_set, limit_warnings = role_limits(cluster)
+    plan["warnings"] = plan["warnings"] + limit_warnings
     reasons = {
         "files have errors": bool(cluster["file_errors"]),
         "ALTER SYSTEM values to reset": reset and bool(alter_system),
         "reload": reload,
         "restart": bool(diff) and bool(variables.get("allow_restart")),
         "reserved roles to grant": cluster["version"] >= 16 and bool(cluster.get("reserved_roles_lacking")),
+        "connection limits to set": bool(limits_to_set),
         "backups to prune": bool(backups_to_prune(cluster, int(variables.get("backups_kept") or 0))),
     }
     plan.update(
@@ -69,6 +74,7 @@ def plan_cluster(cluster, variables, clusters):
         diff=diff,
         pending=[dict(row, cluster=cluster["name"]) for row in diff or []],
         reload=reload,
+        role_limits=limits_to_set,
         apply_reasons=[reason for reason, why in reasons.items() if why],
     )
     plan["needs_apply"] = bool(plan["apply_reasons"])

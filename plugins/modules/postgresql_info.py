@@ -50,6 +50,12 @@ options:
     type: list
     elements: str
     default: []
+  role_connection_limits:
+    description:
+      - Login roles and the C(CONNECTION LIMIT) each should have, role name to limit.
+        RV(clusters[].role_limits) reports what each has now.
+    type: dict
+    default: {}
   read_servers:
     description: Whether to query the running servers; V(false) returns the clusters and resources only.
     type: bool
@@ -184,6 +190,16 @@ clusters:
       description: Roles of O(reserved_roles) that do not exist.
       type: list
       elements: str
+    role_limits:
+      description:
+        - One row per role of O(role_connection_limits), running servers only, with C(role), C(wanted) (the
+          asked limit), C(exists), C(connection_limit) (C(rolconnlimit), -1 for none, null when the role does
+          not exist) and C(superuser) (superusers are not held to a connection limit).
+      type: list
+      elements: dict
+    in_recovery:
+      description: Whether the server is a standby (C(pg_is_in_recovery())). Running servers only.
+      type: bool
 """
 
 import fnmatch
@@ -214,6 +230,7 @@ STATE_SQL = """
 WITH f AS MATERIALIZED (SELECT * FROM pg_file_settings)
 SELECT json_build_object(
   'load_time', extract(epoch FROM pg_conf_load_time()),
+  'in_recovery', pg_is_in_recovery(),
   'start_time', extract(epoch FROM pg_postmaster_start_time()),
   'settings', (SELECT json_agg(s) FROM (SELECT name, setting, unit, vartype, context, pending_restart
                                          FROM pg_settings) s),
@@ -229,7 +246,10 @@ SELECT json_build_object(
   'reserved_roles_lacking', (SELECT coalesce(json_agg(r), '[]') FROM json_array_elements_text(:'roles'::json) r
                              WHERE CASE WHEN NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN false
                                         WHEN current_setting('server_version_num')::int < 160000 THEN false
-                                        ELSE NOT pg_has_role(r, 'pg_use_reserved_connections', 'MEMBER') END)
+                                        ELSE NOT pg_has_role(r, 'pg_use_reserved_connections', 'MEMBER') END),
+  'role_limits', (SELECT coalesce(json_agg(json_build_object('role', w.key, 'wanted', w.value::int,
+                  'exists', r.rolname IS NOT NULL, 'connection_limit', r.rolconnlimit, 'superuser', r.rolsuper)
+                  ORDER BY w.key), '[]') FROM json_each_text(:'limits'::json) w LEFT JOIN pg_roles r ON r.rolname = w.key)
 );
 """
 
@@ -316,7 +336,10 @@ def read_cluster(module, found, wanted):
         "resources": resources(postmaster_pid(found["pgdata"])),
     }
     if cluster["running"] and wanted and module.params["read_servers"]:
-        state = run_sql(module, cluster, STATE_SQL, {"roles": json.dumps(module.params["reserved_roles"])})
+        limits = {role: int(limit) for role, limit in module.params["role_connection_limits"].items()}
+        state = run_sql(
+            module, cluster, STATE_SQL, {"roles": json.dumps(module.params["reserved_roles"]), "limits": json.dumps(limits)}
+        )
         cluster.update(json.loads(state))
         cluster["pending_restart"] = [row["name"] for row in cluster["settings"] if row["pending_restart"]]
     return cluster
@@ -329,6 +352,7 @@ def main():
             "config_mode": {"type": "str", "choices": ["include", "full"], "default": "include"},
             "include_file": {"type": "str", "default": "headroom.conf"},
             "reserved_roles": {"type": "list", "elements": "str", "default": [], "no_log": False},
+            "role_connection_limits": {"type": "dict", "default": {}, "no_log": False},
             "read_servers": {"type": "bool", "default": True},
         },
         supports_check_mode=True,

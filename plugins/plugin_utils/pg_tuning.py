@@ -130,3 +130,36 @@ def missing_clusters(read, wanted, host):
         return [f"No PostgreSQL cluster on {host} (pg_lsclusters lists none): install one first, "
                 "e.g. with headroom.pg.postgresql."]
     return []
+
+
+def role_limits(cluster):
+    """The CONNECTION LIMIT each declared role still needs on a running cluster, and warnings.
+
+    ``cluster["role_limits"]`` is what postgresql_info read for postgresql_tuning_role_connection_limits.
+    A standby takes its roles from its primary (ALTER ROLE is refused there), a role that does not
+    exist yet is named and set on a later run, and a superuser is named because PostgreSQL does not
+    hold superusers to a connection limit. Returns ``(to_set, warnings)``; to_set rows have role,
+    wanted and connection_limit (now).
+    """
+    rows = cluster.get("role_limits") or []
+    if not rows or cluster.get("in_recovery"):
+        return [], []
+    missing = [row["role"] for row in rows if not row["exists"]]
+    superusers = [row["role"] for row in rows if row["exists"] and row["superuser"]]
+    warnings = []
+    if missing:
+        warnings.append(
+            f"role(s) {', '.join(missing)} of postgresql_tuning_role_connection_limits do not exist; their "
+            "connection share is set on the first run after they are created"
+        )
+    if superusers:
+        warnings.append(
+            f"role(s) {', '.join(superusers)} are superusers, which PostgreSQL does not hold to a CONNECTION "
+            "LIMIT; give the application an ordinary role so its share is enforced"
+        )
+    to_set = [
+        {"role": row["role"], "wanted": row["wanted"], "connection_limit": row["connection_limit"]}
+        for row in rows
+        if row["exists"] and row["connection_limit"] != row["wanted"]
+    ]
+    return to_set, warnings

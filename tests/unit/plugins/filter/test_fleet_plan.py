@@ -570,8 +570,10 @@ def client_plan(**pooler):
             "the demand adds up each application's connections x instances: 10 x 6 + 5 x 2 (group cron) = 70",
             {"headroom_pgbouncer_clients": [WEB, CRON]},
             {"demand": 70, "applications": [
-                {"name": "web", "connections": 10, "instances": 6, "client_connections": 60},
-                {"name": "cron", "connections": 5, "instances": 2, "client_connections": 10},
+                {"name": "web", "connections": 10, "instances": 6, "client_connections": 60, "user": None,
+                 "database": None},
+                {"name": "cron", "connections": 5, "instances": 2, "client_connections": 10, "user": None,
+                 "database": None},
             ], "verdict": "ok"},
         ),
         (
@@ -611,6 +613,57 @@ def client_plan(**pooler):
 def test_the_client_side_of_each_pgbouncer_host(sentence, pooler, expected):
     clients = client_plan(**pooler)["poolers"]["app1"]["clients"]
     assert {key: clients[key] for key in expected} == expected, sentence
+
+
+def test_declared_users_and_databases_become_pgbouncers_client_shares():
+    clients = client_plan(
+        headroom_pgbouncer_clients=[
+            {"name": "web", "connections": 10, "instances": 6, "user": "shop", "database": "app"},
+            {"name": "admin", "connections": 5, "user": "shop"},
+            {"name": "reports", "connections": 3, "user": "reports", "database": "app"},
+            {"name": "anyone", "connections": 7},
+        ]
+    )["poolers"]["app1"]["clients"]
+    assert clients["user_limits"] == {"reports": 3, "shop": 65}
+    assert clients["database_limits"] == {"app": 63}
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [
+        ({"name": "web", "connections": 1, "database": "nope"}, "database 'nope' is not one of this host's pgbouncer_databases (app)"),
+        ({"name": "web", "connections": 1, "user": ""}, "user must be a PgBouncer user name, got ''"),
+        ({"name": "web", "connections": 1, "pool": 3}, "unknown key(s) pool"),
+    ],
+)
+def test_bad_client_shares_fail_naming_the_host_and_the_variable(client, message):
+    with pytest.raises(AnsibleFilterError) as err:
+        client_plan(headroom_pgbouncer_clients=[client])
+    assert "pgbouncer host app1: headroom_pgbouncer_clients[0]" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_direct_roles_get_their_declared_share_as_connection_limit():
+    result = plan(
+        {
+            "db1": server(),
+            "db2": server(postgresql_primary="db1"),
+            # app's pools on db1: (10 + 2 reserve) x 2 processes = 24
+            "app1": bouncer({"name": "app", "host": "db1", "users": ["app"], "pool_size": 10}, pgbouncer_processes=2,
+                            pgbouncer_reserve_pool_size=2),
+        },
+        clients=[
+            {"name": "cron", "target": "db1", "connections": 5, "instances": 3, "role": "app"},
+            {"name": "leaky", "target": "db1", "connections": 4, "role": "leaky"},
+            {"name": "monitoring", "target": "db1", "connections": 2, "role": "monitor", "reserved": True},
+            {"name": "standby reports", "target": "db2", "connections": 6, "role": "leaky"},
+            {"name": "nameless", "target": "db1", "connections": 9},
+        ],
+    )
+    # A role that is also a PgBouncer user keeps room for its pools: 15 + 24 = 39. The standby's
+    # 6 for leaky is larger than the primary's 4, and one catalog serves both: the primary sets 6.
+    assert result["servers"]["db1"]["role_connection_limits"] == {"app": 39, "leaky": 6, "monitor": 2}
+    assert result["servers"]["db2"]["role_connection_limits"] == {}
 
 
 def test_the_sized_max_client_conn_reaches_the_file_descriptor_limit():

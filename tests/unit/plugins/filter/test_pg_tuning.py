@@ -70,6 +70,29 @@ def test_a_server_that_runs_its_files_needs_nothing():
     assert plan["needs_apply"] is False, plan["apply_reasons"]
 
 
+def limit(role, wanted, now, exists=True, superuser=False):
+    return {"role": role, "wanted": wanted, "exists": exists, "connection_limit": now if exists else None,
+            "superuser": superuser}
+
+
+def test_roles_whose_connection_limit_differs_are_set_and_the_others_named():
+    plan = plan_of(running_as_planned(role_limits=[
+        limit("shop", 20, -1), limit("reports", 5, 5), limit("later", 3, None, exists=False),
+        limit("postgres", 2, -1, superuser=True),
+    ]))
+    assert plan["role_limits"] == [{"role": "shop", "wanted": 20, "connection_limit": -1},
+                                   {"role": "postgres", "wanted": 2, "connection_limit": -1}]
+    assert plan["apply_reasons"] == ["connection limits to set"]
+    assert any("later" in w and "do not exist" in w for w in plan["warnings"])
+    assert any("postgres" in w and "superusers" in w for w in plan["warnings"])
+
+
+def test_roles_at_their_limit_need_nothing_and_a_standby_sets_none():
+    assert plan_of(running_as_planned(role_limits=[limit("shop", 20, 20)]))["needs_apply"] is False
+    standby = plan_of(running_as_planned(in_recovery=True, role_limits=[limit("shop", 20, -1)]))
+    assert standby["role_limits"] == [] and standby["needs_apply"] is False
+
+
 def test_a_file_newer_than_the_last_load_asks_for_a_reload():
     cluster = running_as_planned()
     cluster["managed_file"]["mtime"] = 300.0
