@@ -464,33 +464,37 @@ def _client_limits(applications, key):
 
 
 def _role_limits(clients, pooler_plans, primary_of):
-    """Per server, the CONNECTION LIMIT of each role that direct clients name: their connections x
-    instances, plus what PgBouncer pools of the same user can open there. Roles are one catalog
-    for a primary and its standbys, so the primary of each replication tree carries the largest
-    limit any of its servers needs, and standbys get none of their own (ALTER ROLE runs on the primary)."""
-    limits = {host: {} for host in primary_of}
+    """Per server, the CONNECTION LIMIT of each role that direct clients name.
+
+    A role's limit on a server is its direct clients' connections x instances there plus what
+    PgBouncer pools of the same user can open there. Roles are one catalog for a primary and its
+    standbys (ALTER ROLE runs on the primary), so a role named anywhere in a replication tree is
+    counted on each of its servers, the primary carries the largest of those limits, and standbys
+    get none of their own.
+    """
+    def root(host):
+        while primary_of[host] is not None:
+            host = primary_of[host]
+        return host
+
+    named = {host: set() for host in primary_of}
+    for client in clients:
+        if client.get("role"):
+            named[root(client["target"])].add(client["role"])
+    limits = {host: dict.fromkeys(named[root(host)], 0) for host in primary_of}
     for client in clients:
         if client.get("role"):
             per_instance, instances = client_connections(client, str(client["name"]))
-            server = limits[client["target"]]
-            server[client["role"]] = server.get(client["role"], 0) + per_instance * instances
+            limits[client["target"]][client["role"]] += per_instance * instances
     for plan in pooler_plans.values():
         for row in plan["user_connections"]:
-            server = limits[row["target"]]
-            if row["user"] in server:
-                server[row["user"]] += row["connections"]
-    for host, primary in primary_of.items():
-        if primary is None:
-            continue
-        root = primary
-        while primary_of[root] is not None:
-            root = primary_of[root]
-        for role, limit in limits[host].items():
-            limits[root][role] = max(limits[root].get(role, 0), limit)
-    return {
-        host: {} if primary_of[host] is not None else {role: n for role, n in sorted(roles.items()) if n > 0}
-        for host, roles in limits.items()
-    }
+            if row["user"] in limits[row["target"]]:
+                limits[row["target"]][row["user"]] += row["connections"]
+    tree = {host: {} for host in primary_of}
+    for host, roles in limits.items():
+        for role, limit in roles.items():
+            tree[root(host)][role] = max(tree[root(host)].get(role, 0), limit)
+    return {host: {role: n for role, n in sorted(tree[host].items()) if n > 0} for host in primary_of}
 
 
 def _reserved_clients(clients, resources, specs):
@@ -871,6 +875,9 @@ def fleet_plan_lines(plan):
             )
         else:
             lines.append(f"{head}; PROBLEM: {server['problem']}")
+        if server["role_connection_limits"]:
+            lines.append("  shares (CONNECTION LIMIT): " + ", ".join(
+                f"{role} {limit}" for role, limit in server["role_connection_limits"].items()))
         lines += [f"  warning: {warning}" for warning in server["warnings"]]
     for name, pooler in plan["poolers"].items():
         head = (
@@ -960,6 +967,18 @@ def fleet_plan_markdown(plan):
                 f"{app['name']} {app['connections']} x {app['instances']} = {app['client_connections']}"
                 for app in applications
             )]
+    shares = [(name, "CONNECTION LIMIT", s["role_connection_limits"]) for name, s in servers.items()] + [
+        (name, kind, p["clients"][key])
+        for name, p in poolers.items()
+        for kind, key in (("max_user_client_connections", "user_limits"), ("max_db_client_connections", "database_limits"))
+    ]
+    shares = [(name, kind, limits) for name, kind, limits in shares if limits]
+    if shares:
+        out += ["", "## Enforced shares", "", "| host | enforced as | shares |", "| --- | --- | --- |"]
+        out += [
+            f"| {name} | {kind} | {', '.join(f'{who} {limit}' for who, limit in limits.items())} |"
+            for name, kind, limits in shares
+        ]
     out += ["", "## Computed settings", ""]
     for name, s in servers.items():
         if s["settings"]:

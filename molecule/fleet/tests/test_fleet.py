@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import re
+
 import pytest
 import testinfra
 
@@ -56,7 +58,7 @@ def expected_demand():
     """From molecule.yml: a pool per (database, user) of the pool rule, and the direct clients."""
     pool1, pool2 = pool_rule(cpus(DB1)), pool_rule(cpus(DB2))
     return {
-        DB1: pool1 + pool1 + 3 + 2,  # appdb on pgb1 and pgb2, monitoring 3, backups 2
+        DB1: pool1 + pool1 + 3 + 2 + 3 + 2,  # appdb on pgb1 and pgb2, monitoring 3, backups 2, leaky 3, app cron 2
         DB2: pool2 + 2 * 2,  # reports on pgb2, report jobs 2 on each of the 2 pgbouncer hosts
     }
 
@@ -88,10 +90,10 @@ def client_backends(name):
 
 def open_idle_sessions(name, app, count, user="app"):
     """Start `count` sessions that stay idle (psql waiting on stdin) with application_name `app`."""
-    if user == "app":
-        target = f"PGPASSWORD={PASSWORD} psql -X -h 127.0.0.1 -U app -d appdb"
-    else:
+    if user == "postgres":
         target = "runuser -u postgres -- psql -X -d postgres"
+    else:
+        target = f"PGPASSWORD={PASSWORD} psql -X -h 127.0.0.1 -U {user} -d appdb"
     for _session in range(count):
         node(name).check_output(f"PGAPPNAME={app} nohup sh -c 'sleep 900 | {target}' >/dev/null 2>&1 &")
     for _attempt in range(50):
@@ -137,6 +139,44 @@ def test_max_connections_covers_the_demand_and_fits_in_memory(server):
         + int(live["autovacuum_max_workers"]["setting"]) * bytes_of(live["autovacuum_work_mem"])
     )
     assert worst <= memory_limit(server)
+
+
+def connection_limit(name, role):
+    return int(sql(name, f"SELECT rolconnlimit FROM pg_roles WHERE rolname = '{role}'"))
+
+
+def test_each_direct_role_gets_its_declared_share_as_its_connection_limit():
+    # molecule.yml: leaky jobs 3; app cron 2 plus app's pools on db1 (appdb on pgb1 and pgb2), which
+    # is more than its pool on the standby (reports on pgb2): the primary sets the larger.
+    pool1, pool2 = pool_rule(cpus(DB1)), pool_rule(cpus(DB2))
+    assert connection_limit(DB1, "leaky") == 3
+    assert connection_limit(DB1, "app") == max(2 + pool1 + pool1, pool2)
+    assert connection_limit(DB2, "leaky") == 3  # replicated from the primary's catalog
+    assert connection_limit(DB1, "replicator") == -1  # nobody declared it: left alone
+
+
+def test_a_leaking_client_exhausts_only_its_own_share_while_pgbench_completes():
+    app = f"fleet-leak-{RUN}"
+    open_idle_sessions(DB1, app, 3, user="leaky")  # never returned: the leak
+    node(DB1).check_output(f"PGPASSWORD={PASSWORD} pgbench -h {PGB1} -p 6432 -U app --initialize --scale=1 --quiet appdb")
+    load = subprocess.Popen(
+        ["docker", "exec", "-e", f"PGPASSWORD={PASSWORD}", DB1, "pgbench", "-h", PGB1, "-p", "6432", "-U", "app",
+         "--client=8", "--jobs=2", "--time=8", "appdb"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    time.sleep(2)
+    one_more = node(DB1).run(f"PGAPPNAME={app} PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -U leaky -d appdb -c 'SELECT 1'")
+    output, _stderr = load.communicate(timeout=120)
+
+    assert one_more.rc != 0
+    assert 'too many connections for role "leaky"' in one_more.stderr, one_more.stderr
+    assert len(pids_of(DB1, app)) == 3  # the leak keeps its share, and only that
+    assert load.returncode == 0, output
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", output).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", output)
+    assert processed > 0, output
+    assert failed is None or int(failed.group(1)) == 0, output
+    assert "error" not in output.lower(), output
 
 
 def test_the_standby_streams_and_runs_at_least_its_primarys_settings():

@@ -666,6 +666,20 @@ def test_direct_roles_get_their_declared_share_as_connection_limit():
     assert result["servers"]["db2"]["role_connection_limits"] == {}
 
 
+def test_a_role_limited_on_the_primary_leaves_room_for_its_pools_on_the_standby():
+    result = plan(
+        {
+            "db1": server(),
+            "db2": server(postgresql_primary="db1"),
+            # app reaches only the standby through PgBouncer: (10 + 2) x 3 processes = 36 there (4 CPUs)
+            "app1": bouncer({"name": "ro", "host": "db2", "users": ["app", "other"], "pool_size": 10},
+                            cpus=4, pgbouncer_processes=3, pgbouncer_reserve_pool_size=2),
+        },
+        clients=[{"name": "cron", "target": "db1", "connections": 5, "role": "app"}],
+    )
+    assert result["servers"]["db1"]["role_connection_limits"] == {"app": 36}
+
+
 def test_the_sized_max_client_conn_reaches_the_file_descriptor_limit():
     sized = client_plan(headroom_pgbouncer_clients=[{"name": "web", "connections": 100, "instances": 20}])
     sizing = sized["poolers"]["app1"]["sizing"]
