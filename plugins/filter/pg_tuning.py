@@ -45,40 +45,63 @@ def plan_cluster(cluster, variables, clusters):
     }
     if "settings" not in cluster:  # stopped: planned again once it runs
         return plan
-    reset = bool(variables.get("reset_alter_system"))
-    overrides = overridden(cluster["file_settings"], settings, cluster["managed_file"]["path"], reset)
-    alter_system, kept_overrides, effective = overrides["alter_system"], overrides["kept"], overrides["effective"]
-    try:
-        diff = pg_settings_diff(effective, cluster["settings"])
-    except AnsibleFilterError:
-        diff = None  # a name this server does not know: the write's check says which, and puts the file back
-    reload = diff is None or any(not row["pending_restart"] for row in diff) or (
-        cluster["managed_file"]["mtime"] > cluster["load_time"]
-    )
+    plan.update(live(cluster, settings, variables))
     limits_to_set, limit_warnings = role_limits(cluster)
     plan["warnings"] = plan["warnings"] + limit_warnings
     reasons = {
         "files have errors": bool(cluster["file_errors"]),
-        "ALTER SYSTEM values to reset": reset and bool(alter_system),
-        "reload": reload,
-        "restart": bool(diff) and bool(variables.get("allow_restart")),
+        "ALTER SYSTEM values to reset": bool(plan["reset_alter_system"]),
+        "reload": plan["reload"],
+        "restart": bool(plan["diff"]) and bool(variables.get("allow_restart")),
         "reserved roles to grant": cluster["version"] >= 16 and bool(cluster.get("reserved_roles_lacking")),
         "connection limits to set": bool(limits_to_set),
         "backups to prune": bool(backups_to_prune(cluster, int(variables.get("backups_kept") or 0))),
     }
     plan.update(
         kept=kept_from_cluster(cluster, settings),
-        alter_system=alter_system,
-        overridden=[dict(row, cluster=cluster["name"]) for row in kept_overrides],
-        effective=effective,
-        diff=diff,
-        pending=[dict(row, cluster=cluster["name"]) for row in diff or []],
-        reload=reload,
         role_limits=limits_to_set,
         apply_reasons=[reason for reason, why in reasons.items() if why],
     )
     plan["needs_apply"] = bool(plan["apply_reasons"])
     return plan
+
+
+def live(cluster, settings, variables):
+    """How a running server stands against the managed ``settings``, from one read of it
+    (postgresql_info): the file errors, the ALTER SYSTEM values to reset (when the role resets
+    them), the managed settings other files override, the effective values, what the server does
+    not run yet (diff, and pending: those waiting for a restart) and whether a reload is due (a
+    difference that needs no restart, or a file newer than the last load)."""
+    reset = bool(variables.get("reset_alter_system"))
+    overrides = overridden(cluster["file_settings"], settings, cluster["managed_file"]["path"], reset)
+    try:
+        diff = pg_settings_diff(overrides["effective"], cluster["settings"])
+    except AnsibleFilterError:
+        diff = None  # a name this server does not know: the write's check says which, and puts the file back
+    reload = diff is None or any(not row["pending_restart"] for row in diff) or (
+        cluster["managed_file"]["mtime"] > cluster["load_time"]
+    )
+    return {
+        "file_errors": cluster["file_errors"],
+        "alter_system": overrides["alter_system"],
+        "reset_alter_system": overrides["alter_system"] if reset else [],
+        "overridden": [dict(row, cluster=cluster["name"]) for row in overrides["kept"]],
+        "effective": overrides["effective"],
+        "diff": diff,
+        "pending": [dict(row, cluster=cluster["name"]) for row in diff or []],
+        "reload": reload,
+        "load_time": cluster["load_time"],
+    }
+
+
+def pg_tuning_live(read, plan, variables):
+    """The plan's cluster as its server stands now (live), from a new read of the host by module
+    postgresql_info: what apply.yml acts on after the write and checks after a reload or restart."""
+    check_mapping(read, "pg_tuning_live input")
+    found = [cluster for cluster in read["clusters"] if cluster["name"] == plan["name"]]
+    if not found or "settings" not in found[0]:
+        raise AnsibleFilterError(f"cluster {plan['name']} is not running: its server cannot be read")
+    return live(found[0], plan["settings"], variables)
 
 
 def pg_tuning_plans(read, variables, host):
@@ -101,12 +124,6 @@ def pg_tuning_plans(read, variables, host):
         except AnsibleFilterError as err:
             refusals.append(" ".join(str(err).split()))
     return {"plans": plans, "refusals": refusals}
-
-
-def pg_overrides(file_settings, settings, managed_file, reset_alter_system):
-    """The overrides of the managed settings after a write (apply.yml), by the rule the plan uses:
-    ``{"alter_system": [...], "kept": [...], "effective": {...}}``."""
-    return overridden(file_settings, settings, managed_file, bool(reset_alter_system))
 
 
 def pg_pending_restart(clusters, parity):
@@ -136,4 +153,4 @@ class FilterModule:
     """postgresql_tuning's plan."""
 
     def filters(self):
-        return {"pg_tuning_plans": pg_tuning_plans, "pg_pending_restart": pg_pending_restart, "pg_overrides": pg_overrides}
+        return {"pg_tuning_plans": pg_tuning_plans, "pg_tuning_live": pg_tuning_live, "pg_pending_restart": pg_pending_restart}

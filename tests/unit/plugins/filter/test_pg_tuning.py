@@ -4,7 +4,7 @@ import copy
 
 import pytest
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import _server_spec
-from ansible_collections.headroom.pg.plugins.filter.pg_tuning import pg_pending_restart, pg_tuning_plans
+from ansible_collections.headroom.pg.plugins.filter.pg_tuning import pg_pending_restart, pg_tuning_live, pg_tuning_plans
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import in_role_terms, tuning_spec
 
 GB = 2**30
@@ -224,3 +224,24 @@ def test_an_include_directory_others_can_read_is_made_ready_again():
     assert plan_of(cluster)["include_dir_ready"] is False
     cluster["managed_file"]["dir_mode"], cluster["include_dir_set"] = "0750", False
     assert plan_of(cluster)["include_dir_ready"] is False
+
+
+def test_live_reads_the_server_again_against_the_plans_settings():
+    cluster = running_as_planned()
+    plan = plan_of(cluster)
+    assert pg_tuning_live({"clusters": [cluster]}, plan, VARIABLES) | {} == {
+        key: plan[key] for key in ("file_errors", "reset_alter_system", "overridden", "effective", "diff", "pending",
+                                   "reload", "load_time", "alter_system")
+    }
+    # The server now runs another work_mem: the new read shows it, and a reload is due.
+    changed = copy.deepcopy(cluster)
+    row = next(r for r in changed["settings"] if r["name"] == "work_mem")
+    row["setting"] = "1"
+    live = pg_tuning_live({"clusters": [changed]}, plan, VARIABLES)
+    assert [d["name"] for d in live["diff"]] == ["work_mem"] and live["reload"] is True
+
+
+def test_live_of_a_cluster_that_is_not_running_names_it():
+    plan = plan_of(running_as_planned())
+    with pytest.raises(Exception, match="cluster 16/main is not running"):
+        pg_tuning_live({"clusters": [stopped()]}, plan, VARIABLES)
