@@ -1,8 +1,11 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) headroom contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Lookup headroom.pg.helper: the path of a helper headroom installs on its hosts."""
 
 DOCUMENTATION = r"""
 name: helper
-author: headroom
+author: headroom contributors (@headroom)
 version_added: 0.1.0
 short_description: The path of a helper headroom installs on managed hosts
 description:

@@ -1,8 +1,11 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) headroom contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Lookup headroom.pg.role_defaults: the defaults of roles of this collection, merged."""
 
 DOCUMENTATION = r"""
 name: role_defaults
-author: headroom
+author: headroom contributors (@headroom)
 version_added: 0.1.0
 short_description: The defaults of headroom's roles, merged in the order given
 description:
