@@ -726,118 +726,6 @@ def _apply_parity(host, entry, spec, settings, report, primary):
         ) from err
 
 
-def _count_by(sessions, key):
-    counts = {}
-    for session in sessions:
-        name = session.get(key)
-        name = "" if name is None else str(name)
-        counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
-def _oldest(sessions, states):
-    picked = [s for s in sessions if s.get("state") in states]
-    return max(picked, key=lambda s: s.get("state_seconds") or 0) if picked else None
-
-
-def _server_capacity(name, probe, thresholds):
-    sessions = probe["sessions"]
-    max_connections = int(probe["max_connections"])
-    reserved = int(probe["superuser_reserved_connections"]) + int(probe.get("reserved_connections") or 0)
-    ordinary = max_connections - reserved
-    used = len(sessions)
-    idle = [s for s in sessions if s.get("state") == "idle"]
-    report = {
-        "max_connections": max_connections,
-        "reserved": reserved,
-        "used": used,
-        "free": ordinary - used,
-        "used_share": round(used / ordinary, 4) if ordinary > 0 else 1.0,
-        "in_recovery": bool(probe.get("in_recovery")),
-        "by_state": _count_by(sessions, "state"),
-        "by_database": _count_by(sessions, "datname"),
-        "by_user": _count_by(sessions, "usename"),
-        "by_application": _count_by(sessions, "application_name"),
-        "by_client": _count_by(sessions, "client_addr"),
-        "oldest_idle": _oldest(sessions, ("idle",)),
-        "oldest_idle_in_transaction": _oldest(
-            sessions, ("idle in transaction", "idle in transaction (aborted)")
-        ),
-        "flags": [],
-    }
-    if report["used_share"] >= thresholds["slots_share"]:
-        report["flags"].append(
-            f"{name} uses {used} of its {ordinary} ordinary slots ({report['used_share']:.0%}), at or above "
-            f"{thresholds['slots_share']:.0%}"
-        )
-    for session in sessions:
-        if session.get("state", "").startswith("idle in transaction") and (
-            session.get("state_seconds") or 0
-        ) >= thresholds["idle_in_transaction_seconds"]:
-            report["flags"].append(
-                f"{name}: pid {session['pid']} ({session.get('usename')}@{session.get('datname')}, application "
-                f"{session.get('application_name')!r}) is idle in transaction for {session.get('state_seconds')}s"
-            )
-    for application, count in _count_by(idle, "application_name").items():
-        if count >= thresholds["idle_per_application"]:
-            report["flags"].append(
-                f"{name}: application {application!r} holds {count} idle connections (a pool too large or a leak)"
-            )
-    return report
-
-
-def _pooler_capacity(name, probes):
-    pools, waiting, max_wait = [], 0, 0.0
-    for probe in probes:
-        for row in probe.get("pools") or []:
-            if row.get("database") == "pgbouncer":
-                continue
-            wait = float(row.get("maxwait") or 0) + float(row.get("maxwait_us") or 0) / 1e6
-            pools.append(
-                {
-                    "unit": probe["unit"],
-                    "database": row.get("database"),
-                    "user": row.get("user"),
-                    "clients_active": int(row.get("cl_active") or 0),
-                    "clients_waiting": int(row.get("cl_waiting") or 0),
-                    "servers_active": int(row.get("sv_active") or 0),
-                    "servers_idle": int(row.get("sv_idle") or 0),
-                    "servers_used": int(row.get("sv_used") or 0),
-                    "max_wait_seconds": round(wait, 6),
-                    "pool_mode": row.get("pool_mode"),
-                }
-            )
-            waiting += int(row.get("cl_waiting") or 0)
-            max_wait = max(max_wait, wait)
-    stats = [
-        {"unit": probe["unit"]} | dict(row)
-        for probe in probes
-        for row in probe.get("stats") or []
-        if row.get("database") != "pgbouncer"
-    ]
-    flags = [f"{name}: {waiting} client(s) wait for a server connection (max wait {max_wait:.3f}s)"] if waiting else []
-    return {"pools": pools, "stats": stats, "clients_waiting": waiting, "max_wait_seconds": round(max_wait, 6), "flags": flags}
-
-
-def fleet_capacity(server_probes, pooler_probes=None, thresholds=None):
-    """Used and free slots per server and waiting clients per PgBouncer host, with flags.
-
-    server_probes: per server, the probe capacity.yml runs (max_connections, reserved slots,
-    in_recovery, and every client backend but the probe's own with pid, datname, usename,
-    application_name, client_addr, state, state_seconds). Free slots are max_connections
-    minus superuser_reserved_connections and reserved_connections minus the sessions.
-    pooler_probes: per PgBouncer host, a list of {unit, pools: SHOW POOLS rows, stats:
-    SHOW STATS rows}.
-    """
-    limits = {"slots_share": 0.8, "idle_in_transaction_seconds": 300, "idle_per_application": 10} | dict(
-        thresholds or {}
-    )
-    servers = {name: _server_capacity(name, probe, limits) for name, probe in sorted(server_probes.items())}
-    poolers = {name: _pooler_capacity(name, probes) for name, probes in sorted((pooler_probes or {}).items())}
-    flags = [flag for report in [*servers.values(), *poolers.values()] for flag in report["flags"]]
-    return {"thresholds": limits, "servers": servers, "poolers": poolers, "flags": flags}
-
-
 def _size(size_bytes):
     return f"{size_bytes // MB}MB" if size_bytes % (1024 * MB) else f"{size_bytes // (1024 * MB)}GB"
 
@@ -1006,7 +894,7 @@ def fleet_plan_report(hostvars, groups, direct_clients=None, defaults=None):
 
 
 class FilterModule:
-    """Fleet plan and capacity filters."""
+    """Fleet plan filters (the capacity filters are in fleet_capacity.py)."""
 
     def filters(self):
         return {
@@ -1014,5 +902,4 @@ class FilterModule:
             "fleet_plan_lines": fleet_plan_lines,
             "fleet_plan_markdown": fleet_plan_markdown,
             "fleet_plan_report": fleet_plan_report,
-            "fleet_capacity": fleet_capacity,
         }

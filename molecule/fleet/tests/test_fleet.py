@@ -245,7 +245,7 @@ def test_capacity_counts_the_sessions_pg_stat_activity_shows(tmp_path):
     assert db1["used"] == len(before)
     assert db1["free"] == max_connections - 3 - len(before)
     assert db1["by_application"][f"fleet-capacity-test-{RUN}"] == 4
-    assert any(f"'fleet-capacity-test-{RUN}' holds 4 idle" in flag for flag in report["flags"])
+    assert any(f"'fleet-capacity-test-{RUN}' holds 4 idle" in flag["message"] for flag in report["flags"])
     assert report["servers"][DB2]["in_recovery"] is True
     assert {pool["database"] for pool in report["poolers"][PGB1]["pools"]} == {"appdb"}
     assert {pool["database"] for pool in report["poolers"][PGB2]["pools"]} == {"appdb", "reports"}

@@ -10,7 +10,6 @@ from ansible.errors import AnsibleFilterError
 from ansible.plugins.filter.core import to_nice_json
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
     FilterModule,
-    fleet_capacity,
     fleet_plan,
     fleet_plan_lines,
     fleet_plan_markdown,
@@ -63,7 +62,6 @@ def test_the_plugin_registers_fleet_plan():
         "fleet_plan_lines",
         "fleet_plan_markdown",
         "fleet_plan_report",
-        "fleet_capacity",
     }
 
 
@@ -336,51 +334,6 @@ def test_ten_thousand_servers_plan_in_seconds():
     assert time.monotonic() - started < 40  # about 2 s on an idle 2-core machine (1.7 s measured)
     assert result["ok"] and len(result["servers"]) == 8000
     assert result["servers"]["db7999"]["demand"] == 2 * (4 * 2 + 4)
-
-
-def session(pid, state="idle", app="app", seconds=5, user="app", db="appdb", client="10.0.0.9"):
-    return {"pid": pid, "state": state, "application_name": app, "state_seconds": seconds, "usename": user,
-            "datname": db, "client_addr": client}
-
-
-def probe(sessions, max_connections=20, reserved=0):
-    return {"max_connections": max_connections, "superuser_reserved_connections": 3,
-            "reserved_connections": reserved, "in_recovery": False, "sessions": sessions}
-
-
-def test_free_slots_are_max_connections_minus_reserved_minus_used():
-    report = fleet_capacity({"db1": probe([session(1), session(2, "active")], reserved=2)})["servers"]["db1"]
-    assert (report["used"], report["free"], report["reserved"]) == (2, 20 - 5 - 2, 5)
-    assert report["by_state"] == {"active": 1, "idle": 1}
-    assert report["oldest_idle"]["pid"] == 1
-
-
-@pytest.mark.parametrize(
-    ("sentence", "sessions", "flag"),
-    [
-        ("80% of ordinary slots is flagged", [session(i, "active", app=f"a{i}") for i in range(14)], "uses 14 of its 17"),
-        ("an old idle transaction is flagged", [session(7, "idle in transaction", seconds=301)], "pid 7"),
-        ("ten idle connections of one application are flagged", [session(i, app="leaky") for i in range(10)],
-         "application 'leaky' holds 10 idle"),
-    ],
-)
-def test_capacity_flags(sentence, sessions, flag):
-    flags = fleet_capacity({"db1": probe(sessions)})["flags"]
-    assert any(flag in f for f in flags), (sentence, flags)
-
-
-def test_a_quiet_server_has_no_flags():
-    assert fleet_capacity({"db1": probe([session(1, "idle in transaction", seconds=299)])})["flags"] == []
-
-
-def test_pgbouncer_waiting_clients_are_added_up_and_flagged():
-    pools = [{"database": "appdb", "user": "app", "cl_active": "3", "cl_waiting": "2", "maxwait": "1",
-              "maxwait_us": "500000"},
-             {"database": "pgbouncer", "user": "pgbouncer", "cl_waiting": "9"}]
-    report = fleet_capacity({}, {"pgb1": [{"unit": "pgbouncer.service", "pools": pools, "stats": []}]})
-    assert report["poolers"]["pgb1"]["clients_waiting"] == 2
-    assert report["poolers"]["pgb1"]["max_wait_seconds"] == 1.5
-    assert report["flags"] == ["pgb1: 2 client(s) wait for a server connection (max wait 1.500s)"]
 
 
 def test_the_markdown_and_the_console_lines_carry_every_server_and_problem():
