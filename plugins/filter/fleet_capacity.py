@@ -472,6 +472,18 @@ def _application_flags(name, entries, limits, slots_level, auth_users):
                 f"{entry['declared']}" + (f"; ending its {len(freed)} longest-idle session(s) frees them" if freed else ""),
                 command, _key(entry),
             ))
+        elif entry["kind"] == "direct" and entry["declared"] and entry["held"] >= entry["declared"] and entry["idle"]:
+            # At its share with sessions idle: a leak or a pool larger than its share. With a role,
+            # PostgreSQL refuses its next login (CONNECTION LIMIT, docs/budget.md).
+            idle = sorted((s for s in sessions if s.get("state") == "idle"), key=_age, reverse=True)
+            refused = "its role's CONNECTION LIMIT refuses its next login" if entry["role"] else "its next one is over it"
+            flags.append(_flag(
+                "warning", name,
+                f"{name}: {label} holds all {entry['declared']} of its declared connections, {len(idle)} of them idle "
+                f"(oldest {_age(idle[0])}s): {refused}; a leak, or a pool larger than its share",
+                _terminate_command(host, ["idle"], _age(idle[-1]), _selection(entry), idle, auth_users),
+                _key(entry),
+            ))
         elif entry["kind"] in ("application", "unnamed") and entry["held"]:
             flags.append(_flag(
                 "warning", name,

@@ -155,9 +155,15 @@ def test_each_direct_role_gets_its_declared_share_as_its_connection_limit():
     assert connection_limit(DB1, "replicator") == -1  # nobody declared it: left alone
 
 
-def test_a_leaking_client_exhausts_only_its_own_share_while_pgbench_completes():
-    app = f"fleet-leak-{RUN}"
-    open_idle_sessions(DB1, app, 3, user="leaky")  # never returned: the leak
+@pytest.fixture
+def leak():
+    """The declared direct client leaky-jobs (molecule.yml), leaking: 3 sessions it never returns."""
+    open_idle_sessions(DB1, "leaky-jobs", 3, user="leaky")
+    yield "leaky-jobs"
+    sql(DB1, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'leaky'")
+
+
+def test_a_leaking_client_exhausts_only_its_own_share_while_pgbench_completes(leak):
     node(DB1).check_output(f"PGPASSWORD={PASSWORD} pgbench -h {PGB1} -p 6432 -U app --initialize --scale=1 --quiet appdb")
     load = subprocess.Popen(
         ["docker", "exec", "-e", f"PGPASSWORD={PASSWORD}", DB1, "pgbench", "-h", PGB1, "-p", "6432", "-U", "app",
@@ -165,18 +171,38 @@ def test_a_leaking_client_exhausts_only_its_own_share_while_pgbench_completes():
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     time.sleep(2)
-    one_more = node(DB1).run(f"PGAPPNAME={app} PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -U leaky -d appdb -c 'SELECT 1'")
+    one_more = node(DB1).run(f"PGAPPNAME={leak} PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -U leaky -d appdb -c 'SELECT 1'")
     output, _stderr = load.communicate(timeout=120)
 
     assert one_more.rc != 0
     assert 'too many connections for role "leaky"' in one_more.stderr, one_more.stderr
-    assert len(pids_of(DB1, app)) == 3  # the leak keeps its share, and only that
+    assert len(pids_of(DB1, leak)) == 3  # the leak keeps its share, and only that
     assert load.returncode == 0, output
     processed = int(re.search(r"number of transactions actually processed: (\d+)", output).group(1))
     failed = re.search(r"number of failed transactions: (\d+)", output)
     assert processed > 0, output
     assert failed is None or int(failed.group(1)) == 0, output
     assert "error" not in output.lower(), output
+
+
+def test_capacity_flags_the_leak_at_its_share_with_the_dry_run_that_frees_it(leak, tmp_path):
+    result = playbook("capacity.yml", "-e", f"connection_budget_report_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "capacity.json").read_text())
+    row = next(a for a in report["applications"] if a["host"] == DB1 and a["application_name"] == leak)
+    assert (row["kind"], row["declared"], row["held"], row["idle"]) == ("direct", 3, 3, 3)
+    flag = next(f for f in report["flags"] if leak in f["message"] and "holds all 3" in f["message"])
+    assert flag["level"] == "warning" and "CONNECTION LIMIT refuses its next login" in flag["message"]
+    assert "playbooks/terminate-idle.yml -l headroom-fleet-db1" in flag["command"]
+    assert f"| {leak} | direct | leaky |" in (tmp_path / "capacity.md").read_text()
+    # The printed dry run selects exactly the leaked sessions and ends nothing.
+    dry = subprocess.run(flag["command"].replace("ansible-playbook playbooks/terminate-idle.yml",
+                                                 " ".join(playbook_command("terminate-idle.yml")[0])),
+                         shell=True, cwd=PROJECT, env=playbook_command("terminate-idle.yml")[1],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"PIDs {json.dumps(pids_of(DB1, leak))}" in dry.stdout.replace("\n", " ")
+    assert len(pids_of(DB1, leak)) == 3
 
 
 def test_the_standby_streams_and_runs_at_least_its_primarys_settings():

@@ -116,9 +116,25 @@ def test_a_direct_client_is_matched_by_application_name_and_flagged_over_its_dec
 
 
 def test_an_application_within_its_declaration_is_not_flagged():
-    report = capacity([session(1, app="billing"), session(2, app="billing")],
-                      direct=[{"name": "billing", "target": "db1", "connections": 2}])
+    report = capacity([session(1, "active", app="billing"), session(2, app="billing")],
+                      direct=[{"name": "billing", "target": "db1", "connections": 3}])
     assert report["flags"] == [] and application(report, "billing")["over"] == 0
+    busy = capacity([session(1, "active", app="billing"), session(2, "active", app="billing")],
+                    direct=[{"name": "billing", "target": "db1", "connections": 2}])
+    assert busy["flags"] == []  # at its share but working: no leak
+
+
+def test_an_application_at_its_enforced_share_with_idle_sessions_is_flagged():
+    # Its CONNECTION LIMIT keeps a leak at the share: never over it, but all of it held, idle.
+    sessions = [session(1, "active", app="leaky", user="leaky", seconds=2)] + [
+        session(10 + i, app="leaky", user="leaky", seconds=60 + i) for i in range(2)]
+    report = capacity(sessions, direct=[{"name": "leaky", "target": "db1", "connections": 3, "role": "leaky"}])
+    flag = next(f for f in report["flags"] if f["application"] is not None)
+    assert flag["level"] == "warning"
+    assert flag["message"] == (
+        "db1: application 'leaky' holds all 3 of its declared connections, 2 of them idle (oldest 61s): its role's "
+        "CONNECTION LIMIT refuses its next login; a leak, or a pool larger than its share")
+    assert json.loads(shlex.split(flag["command"])[5])["headroom_terminate_min_age"] == 60
 
 
 def test_a_declared_application_without_sessions_is_listed_with_nothing_held():
