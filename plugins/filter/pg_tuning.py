@@ -13,6 +13,7 @@ from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import (
     INCLUDE_DIR,
     backups_to_prune,
     include_dir_ready,
+    input_refusals,
     kept_from_cluster,
     missing_clusters,
     overridden,
@@ -111,6 +112,9 @@ def pg_tuning_plans(read, variables, host):
     reported, in the role's variable names, not raised, so the role fails before any change."""
     check_mapping(read, "pg_tuning_plans input")
     check_mapping(variables, "pg_tuning_plans variables")
+    refusals = input_refusals(variables)
+    if refusals:
+        return {"plans": [], "refusals": refusals}
     wanted = list(variables.get("clusters") or [cluster["name"] for cluster in read["clusters"]])
     refusals = missing_clusters(read, wanted, host)
     plans = []

@@ -10,6 +10,7 @@ import json
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.pg_config import pg_conf_value
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import max_connections_report, tune
 
 PREFIX = "postgresql_tuning_"
@@ -117,6 +118,62 @@ def backups_to_prune(cluster, kept):
     started_with = [backup["path"] for backup in backups if backup["mtime"] <= cluster.get("start_time", 0)]
     protected = started_with[0] if started_with else None
     return [backup["path"] for backup in backups[kept:] if backup["path"] != protected]
+
+
+OVERRIDE_NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
+INCLUDE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.conf")
+CLUSTER_NAME = re.compile(r"[0-9]+/[A-Za-z0-9_][A-Za-z0-9_.-]*")
+LIMIT = re.compile(r"[1-9][0-9]{0,8}")
+
+
+def _number(value, kind=int):
+    """The number Jinja's int or float filter makes of a value (0 for what is not one)."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return kind(0)
+
+
+def input_refusals(variables):
+    """The role's variables outside their ranges or shapes (meta/argument_specs.yml checked the
+    types), each as the sentence the role fails with: the variable, what is allowed, the value."""
+    v = variables.get
+    demand = v("connection_demand")
+    limits = v("role_connection_limits") or {}
+    ranges = [
+        ("max_connections", v("max_connections") is None or _number(v("max_connections")) >= 1, "unset or 1 or more"),
+        ("connection_demand", demand is None or _number(demand) >= 0, "unset or 0 or more"),
+        ("active_demand", v("active_demand") is None or (_number(v("active_demand")) >= 0 and (
+            demand is None or _number(v("active_demand")) <= _number(demand))),
+         "unset, or 0 up to postgresql_tuning_connection_demand"),
+        ("spare_connections", v("spare_connections") is None or _number(v("spare_connections")) >= 0,
+         "unset or 0 or more"),
+        ("memory_fraction", 0 < _number(v("memory_fraction"), float) <= 1, "more than 0 and at most 1"),
+        ("include_file", bool(INCLUDE_FILE.fullmatch(str(v("include_file")))),
+         "a file name of letters, digits and _ . - ending in .conf"),
+        ("ready_timeout", _number(v("ready_timeout")) >= 1, "1 or more"),
+        ("backups_kept", _number(v("backups_kept")) >= 0, "0 or more"),
+        ("role_connection_limits", isinstance(limits, dict) and all(
+            isinstance(role, str) and LIMIT.fullmatch(str(limit)) for role, limit in limits.items()),
+         "a mapping of role names to connection limits of 1 or more"),
+        ("clusters", all(CLUSTER_NAME.fullmatch(str(name)) for name in v("clusters") or []),
+         'a list of clusters as VERSION/NAME, e.g. "15/main"'),
+    ]
+    refusals = [
+        f"{PREFIX}{name} must be {allowed} (got {json.dumps(v(name))})." for name, ok, allowed in ranges if not ok
+    ]
+    for name, value in (v("overrides") or {}).items():
+        if not isinstance(name, str) or not OVERRIDE_NAME.fullmatch(name):
+            refusals.append(
+                f"{PREFIX}overrides: {json.dumps(name)} is not a parameter name (lower-case letters, digits and '_', "
+                "with at most one '.' for an extension's setting)."
+            )
+            continue
+        try:
+            pg_conf_value(value, f"{PREFIX}overrides.{name}")
+        except AnsibleFilterError as err:
+            refusals.append(str(err))
+    return refusals
 
 
 def missing_clusters(read, wanted, host):

@@ -26,6 +26,9 @@ VARIABLES = {
     "allow_restart": False,
     "reset_alter_system": False,
     "backups_kept": 5,
+    "include_file": "50-headroom.conf",
+    "ready_timeout": 60,
+    "role_connection_limits": {},
 }
 
 
@@ -168,8 +171,9 @@ def test_missing_and_absent_clusters_are_refused_naming_the_variable():
 
 
 def test_engine_errors_come_out_in_the_roles_variable_names():
-    refused = pg_tuning_plans({"clusters": [stopped()]}, dict(VARIABLES, memory_fraction=0), "db1")
-    assert refused["refusals"][0].startswith("Cluster 16/main was not changed: postgresql_tuning_memory_fraction")
+    refused = pg_tuning_plans({"clusters": [stopped()]}, dict(VARIABLES, reserved_memory="8GB"), "db1")
+    assert refused["refusals"][0].startswith("Cluster 16/main was not changed: usable memory is memory 4GB x "
+                                             "postgresql_tuning_memory_fraction 1.0 - postgresql_tuning_reserved_memory")
     assert in_role_terms("max_connections 5 is below the spec key connection_demand") == (
         "postgresql_tuning_max_connections 5 is below postgresql_tuning_connection_demand"
     )
@@ -245,3 +249,27 @@ def test_live_of_a_cluster_that_is_not_running_names_it():
     plan = plan_of(running_as_planned())
     with pytest.raises(Exception, match="cluster 16/main is not running"):
         pg_tuning_live({"clusters": [stopped()]}, plan, VARIABLES)
+
+
+@pytest.mark.parametrize(
+    ("variables", "refusal"),
+    [
+        ({"max_connections": 0}, "postgresql_tuning_max_connections must be unset or 1 or more (got 0)."),
+        ({"connection_demand": 10, "active_demand": 11},
+         "postgresql_tuning_active_demand must be unset, or 0 up to postgresql_tuning_connection_demand (got 11)."),
+        ({"memory_fraction": 1.5}, "postgresql_tuning_memory_fraction must be more than 0 and at most 1 (got 1.5)."),
+        ({"include_file": "../x.conf"},
+         'postgresql_tuning_include_file must be a file name of letters, digits and _ . - ending in .conf (got "../x.conf").'),
+        ({"role_connection_limits": {"app": 0}},
+         'postgresql_tuning_role_connection_limits must be a mapping of role names to connection limits of 1 or more '
+         '(got {"app": 0}).'),
+        ({"clusters": ["main"]}, 'postgresql_tuning_clusters must be a list of clusters as VERSION/NAME, e.g. "15/main" '
+                                 '(got ["main"]).'),
+        ({"overrides": {"work_mem; x": "1"}}, 'postgresql_tuning_overrides: "work_mem; x" is not a parameter name'),
+        ({"overrides": {"search_path": "a\nb"}}, "postgresql_tuning_overrides.search_path: 'a\\nb' holds a newline"),
+    ],
+)
+def test_bad_inputs_are_refused_before_the_host_is_planned(variables, refusal):
+    planned = pg_tuning_plans({"clusters": [stopped()]}, dict(VARIABLES, **variables), "db1")
+    assert planned["plans"] == []
+    assert any(r.startswith(refusal) for r in planned["refusals"]), planned["refusals"]
