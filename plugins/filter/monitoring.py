@@ -207,12 +207,13 @@ def monitoring_rules(servers, thresholds=None, poolers=True):
         },
         {
             "alert": "HeadroomPostgresExporterDown",
-            "expr": f'pg_up{{{SERVER_LABEL}!=""}} == 0',
+            # 0.11 exports no pg_up with --constantLabels; every version has pg_exporter_last_scrape_error.
+            "expr": f'pg_up{{{SERVER_LABEL}!=""}} == 0 or pg_exporter_last_scrape_error{{{SERVER_LABEL}!=""}} == 1',
             "for": "2m",
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "{{ $labels.%s }}: the exporter cannot log in to PostgreSQL" % SERVER_LABEL,
-                "description": "pg_up is 0: the slot alerts for this server see nothing.",
+                "description": "pg_up is 0 or the last scrape failed: the slot alerts for this server see nothing.",
             },
         },
     ]

@@ -8,13 +8,10 @@ during it and the scrape becomes promtool's input series; the same for a calm sc
 """
 
 import importlib.util
-import json
-import os
 import re
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,7 +24,7 @@ CONFIG_DIR = "/etc/headroom/monitoring"
 BENCH_PASSWORD = "headroom-bench-only"
 # The metrics the rules read: promtool gets only these series of a scrape.
 RULE_METRICS = {
-    "pg_up", "pg_stat_activity_count", "pg_stat_activity_max_tx_duration", "pg_settings_max_connections",
+    "pg_up", "pg_exporter_last_scrape_error", "pg_stat_activity_count", "pg_stat_activity_max_tx_duration", "pg_settings_max_connections",
     "pg_settings_superuser_reserved_connections", "pg_settings_reserved_connections",
     "pgbouncer_up", "pgbouncer_pools_client_waiting_connections", "pgbouncer_pools_client_maxwait_seconds",
 }
@@ -94,7 +91,10 @@ def test_exporters_run_enabled_and_logged_in(host):
     assert host.service("prometheus-postgres-exporter").is_enabled
     assert host.service("prometheus-postgres-exporter").is_running
     metrics = scrape(host, 9187)
-    assert re.search(r"^pg_up 1$", metrics, re.M)
+    # Settings series exist only after a login; 0.19 labels pg_up, 0.11 drops it with --constantLabels.
+    assert re.search(r"^pg_settings_max_connections\{.*\} 100$", metrics, re.M)
+    assert not re.search(r"^pg_up(\{.*\})? 0$", metrics, re.M)
+    assert re.search(r"^pg_exporter_last_scrape_error\{.*\} 0$", metrics, re.M)
     assert f'headroom_server="{name(host)}"' in metrics
     if has_pgbouncer(host):
         assert host.service("prometheus-pgbouncer-exporter").is_running
