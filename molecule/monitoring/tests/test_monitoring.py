@@ -80,7 +80,7 @@ def test_secrets_are_readable_by_their_exporter_only(host):
     assert pgpass.content_string.strip().endswith(r"headroom-monitoring\:only\\1")
     default = host.file("/etc/default/prometheus-postgres-exporter")
     assert (default.user, default.mode) == ("root", 0o644)
-    assert "headroom-monitoring" not in default.content_string
+    assert "monitoring:only" not in default.content_string
     if has_pgbouncer(host):
         pgpass = host.file(f"{CONFIG_DIR}/pgbouncer_exporter.pgpass")
         assert (pgpass.user, pgpass.group, pgpass.mode) == ("postgres", "postgres", 0o600)
@@ -125,6 +125,11 @@ def _series(host, texts):
     return out
 
 
+class _IndentedDumper(yaml.SafeDumper):
+    def increase_indent(self, flow=False, indentless=False):
+        return super().increase_indent(flow, False)
+
+
 def _promtool_test(host, label, series, expected):
     """A promtool rules test: the scrape held for 15 minutes, the firing alerts at 10 minutes."""
     document = {
@@ -141,7 +146,8 @@ def _promtool_test(host, label, series, expected):
             }],
         }],
     }
-    text = yaml.safe_dump(document, sort_keys=False)
+    # Indented and with a document start, so `yamllint --strict .` (make lint) passes over reports/ too.
+    text = yaml.dump(document, Dumper=_IndentedDumper, sort_keys=False, explicit_start=True, width=1000)
     path = f"/tmp/headroom-promtool-{label}.yml"
     host.run(f"cat > {path} <<'EOF'\n{text}\nEOF")
     REPORTS.mkdir(parents=True, exist_ok=True)
