@@ -34,7 +34,7 @@ THRESHOLDS = {
     "slots_warning": 0.8,
     "slots_critical": 0.95,
     "slots_for_minutes": 2,
-    "idle_in_transaction_seconds": 300,
+    "idle_in_transaction_seconds": 1800,
     "pgbouncer_waiting_minutes": 2,
     "pgbouncer_maxwait_seconds": 5,
     "demand_for_minutes": 5,

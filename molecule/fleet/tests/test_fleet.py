@@ -14,6 +14,8 @@ from pathlib import Path
 
 import re
 
+import matplotlib.image
+import numpy
 import pytest
 import testinfra
 
@@ -277,6 +279,11 @@ def test_capacity_counts_the_sessions_pg_stat_activity_shows(tmp_path):
     assert {pool["database"] for pool in report["poolers"][PGB2]["pools"]} == {"appdb", "reports"}
     assert report["poolers"][PGB2]["clients_waiting"] == 0
     assert (tmp_path / "capacity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The chart draws the servers' used slots and the pools' server connections (colours: slot_chart.py).
+    image = matplotlib.image.imread(tmp_path / "capacity.png")[:, :, :3]
+    for colour in ("#d95f02", "#66a61e"):
+        rgb = numpy.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        assert numpy.all(numpy.abs(image - rgb) < 1.5 / 255, axis=2).sum() > 500, colour
     assert f"| {DB1} | no | {max_connections} |" in (tmp_path / "capacity.md").read_text()
 
 

@@ -90,7 +90,7 @@ def test_a_server_without_planned_slots_is_watched_against_its_live_settings():
 
 def test_idle_in_transaction_and_pgbouncer_rules_use_the_exporters_metric_names():
     rules = rules_by_alert(monitoring_rules({"db1": {"max_connections": 100}}))
-    assert 'pg_stat_activity_max_tx_duration{headroom_server!="", state=~"idle in transaction.*"}) > 300' in (
+    assert 'pg_stat_activity_max_tx_duration{headroom_server!="", state=~"idle in transaction.*"}) > 1800' in (
         rules[("HeadroomIdleInTransaction", None)]["expr"]
     )
     assert rules[("HeadroomPgBouncerClientsWaiting", None)]["expr"] == (
