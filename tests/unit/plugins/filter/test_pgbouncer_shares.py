@@ -13,8 +13,10 @@ USERS = {"leaky": 5}
 ENTRIES = {"bench": 1100}
 
 
-def shares(version, users=USERS, entries=ENTRIES, auth_user="pgbouncer_auth", databases=DATABASES, sizing=SIZING):
-    return pgbouncer_shares(sizing, databases, version, users, entries, auth_user, "pgb1")
+def shares(version, users=None, entries=None, auth_user="pgbouncer_auth", sizing=None):
+    """pgbouncer_shares of the scenario's entry; users and entries default to its limits."""
+    return pgbouncer_shares(SIZING if sizing is None else sizing, DATABASES, version,
+                            USERS if users is None else users, ENTRIES if entries is None else entries, auth_user, "pgb1")
 
 
 def test_the_plugin_registers_the_filter():
