@@ -507,12 +507,12 @@ def test_leaky_load_stays_within_its_share_of_server_connections_while_bench_run
         assert POOL_SIZE <= max(samples) <= USER_SHARE, samples
 
 
-def test_debian_12_names_the_client_shares_it_cannot_enforce_in_one_warning(fault_host):
-    """PgBouncer 1.18 would refuse the file with either client limit: they are left out, and the run says so once."""
-    result = playbook(fault_host)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert re.search(r"changed=0 ", result.stdout), result.stdout[-3000:]
-    output = " ".join(result.stdout.split())  # the callback may fold a long message
+def assert_warns_once_about_the_client_shares(result):
+    """PgBouncer 1.18 would refuse the file with either client limit: they are left out, and a run says so once.
+
+    Checked on a run the faults below make anyway (a converge costs the scenario half a minute).
+    """
+    output = " ".join(result.stdout.split())  # the callback folds a long message
     warning = (
         f"WARNING {FAULT_HOST}: PgBouncer 1.18.0 has no max_user_client_connections (1.24+): the client share of"
         " users leaky (pgbouncer_user_client_limits) is not enforced here; no max_db_client_connections (1.24+):"
@@ -520,8 +520,6 @@ def test_debian_12_names_the_client_shares_it_cannot_enforce_in_one_warning(faul
         " side still is."
     )
     assert output.count(f"WARNING {FAULT_HOST}:") == 1 and warning in output, output[-3000:]
-    ini = fault_host.file("/etc/pgbouncer/pgbouncer.ini").content_string
-    assert "client_connections" not in ini, ini
 
 
 # capacity.yml where PgBouncer runs beside its server (the lab's db1): each host is in groups
@@ -747,6 +745,7 @@ def test_a_live_file_broken_by_hand_falls_back_silently_and_a_run_repairs_it(fau
     assert (fallback["max_client_conn"], fallback["default_pool_size"]) == ("100", "20"), fallback
     result = playbook(fault_host)
     assert result.returncode == 0, result.stdout
+    assert_warns_once_about_the_client_shares(result)
     live = live_config(fault_host, unit)
     assert (live["max_client_conn"], live["default_pool_size"]) == (str(MAX_CLIENT_CONN), str(POOL_SIZE))
     assert main_pid(fault_host, unit) == pid
