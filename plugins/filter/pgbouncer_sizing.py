@@ -98,7 +98,6 @@ def _check_database(entry, position, pool_mode, auth_pools):
     if forced_user is None and entry.get("users") is None:
         raise AnsibleFilterError(f"{what} ({name}) needs users: a count or a list of the users that connect through it")
     users = as_count_or_names(entry.get("users", 1), f"{what}.users")
-
     if forced_user is not None and users != 1:
         raise AnsibleFilterError(
             f"{what} ({name}) forces user {forced_user!r}, so it has one pool; users {entry['users']!r} does not apply"
