@@ -5,7 +5,7 @@ vars/main.yml: each ``pgbouncer_<key>`` under ``<key>``) and returns the message
 they break, each naming the variable and the value it got; an empty list lets the role go on.
 argument_specs already checked types and choices; these rules cover what a type cannot say:
 names and paths that reach a config file unquoted, ports, minimums, TLS beyond loopback, and
-what each auth mode needs from the inventory.
+what each auth mode needs from the inventory, and client shares for users and entries that exist.
 
 Numbers convert the way Jinja's ``int`` filter does (a value given with -e may be a string;
 what does not convert counts as 0), so the rules refuse what the role's asserts refused.
@@ -52,7 +52,7 @@ INPUTS = (
     "client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file",
     "server_tls_cert_file", "server_tls_key_file", "server_tls_ca_file",
     "admin_users", "stats_users", "auth_user", "auth_schema", "auth_mode",
-    "ignore_startup_parameters", "hba_source",
+    "ignore_startup_parameters", "hba_source", "user_client_limits", "database_client_limits",
 ) + tuple(key for key, _minimum in MINIMUMS)
 
 
@@ -229,8 +229,32 @@ def auth_query_over_tcp(inputs, host, known_hosts):
     ]
 
 
+def _named_users(inputs):
+    return sorted({user for db in _databases(inputs) if isinstance(db.get("users"), list)
+                   for user in db["users"] if isinstance(user, str)})
+
+
+def client_limits(inputs, host, known_hosts):
+    """Each client share is a positive integer for a user named in, or an entry of, pgbouncer_databases."""
+    out = []
+    users = _named_users(inputs)
+    entries = [db.get("name") for db in _databases(inputs)]
+    for key, what, allowed in (("user_client_limits", "user named in a pgbouncer_databases entry's users", users),
+                               ("database_client_limits", "pgbouncer_databases entry name", entries)):
+        limits = inputs[key]
+        if not isinstance(limits, dict):
+            out.append(f"pgbouncer_{key} must be a dict of {what} to the most client connections it may hold in"
+                       f" one PgBouncer process, a positive integer (got {_json(limits)}).")
+            continue
+        for name, limit in limits.items():
+            if name not in allowed or not _is_integer(limit) or limit < 1:
+                out.append(f"pgbouncer_{key} entry {_json(name)}: {_json(limit)} is not allowed: the key must be a {what}"
+                           f" ({', '.join(map(str, allowed)) or 'none'}), the value a positive integer.")
+    return out
+
+
 RULES = (database_list, database_entries, listen, client_tls_beyond_loopback, client_tls_files, minimums, names,
-         userlist_mode, auth_query_over_tcp)
+         userlist_mode, auth_query_over_tcp, client_limits)
 
 
 def pgbouncer_refusals(inputs, inventory_hostname, known_hosts):

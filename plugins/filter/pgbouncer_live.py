@@ -3,7 +3,8 @@
 Two jobs of the pgbouncer role, on the controller:
 
 * ``pgbouncer_live_diff``: which managed values a process does not run (``SHOW CONFIG``,
-  ``SHOW DATABASES``' pool sizes, the open-files limit), each marked ``restart`` when a
+  ``SHOW DATABASES``' pool sizes and client limits, ``SHOW USERS``' limits where the version
+  prints them, the open-files limit), each marked ``restart`` when a
   RELOAD cannot change it (facts.md, PgBouncer's documentation: listen_addr,
   listen_port, unix_socket_dir, so_reuseport, user, pidfile; the limit is the kernel's).
   A RELOAD of a broken file still answers success and falls back to defaults, so this
@@ -36,13 +37,40 @@ def _unit(units, name):
     return units.get(name) or {}
 
 
-def pgbouncer_live_diff(units, instances, settings, databases, nofile_limit, restart_only):
+#: The client and user limits of pgbouncer_shares and the SHOW columns that print them (1.23+/1.24+;
+#: 1.18 prints none, so nothing is compared there). An unset limit prints as 0.
+_SHARE_COLUMNS = (
+    ("users", "name", "max_user_connections", "max_user_connections"),
+    ("users", "name", "max_user_client_connections", "max_user_client_connections"),
+    ("databases", "name", "max_db_client_connections", "max_client_connections"),
+)
+
+
+def _share_differences(unit_name, unit, shares):
+    out = []
+    for show, key, setting, column in _SHARE_COLUMNS:
+        rows = {row.get(key): row for row in unit.get(show) or []}
+        for name, planned in (shares.get(show) or {}).items():
+            row = rows.get(name)
+            if row is not None and column not in row:
+                continue  # this version does not print the limit
+            live = _text(row.get(column)) if row is not None else ""
+            wanted = _text(planned.get(setting, 0))
+            if live != wanted:
+                out.append({"unit": unit_name, "setting": f"{name}.{setting}", "live": live, "wanted": wanted,
+                            "restart": False})
+    return out
+
+
+def pgbouncer_live_diff(units, instances, settings, databases, nofile_limit, restart_only, shares=None):
     """Differences between the running processes and the planned ones, in the order of the instances.
 
     ``units``: ``units`` of pgbouncer_info; ``instances``: the planned processes (``unit``,
     ``unix_socket_dir``, ``pidfile``, ``logfile``); ``settings``: the [pgbouncer] values every
     process shares; ``databases``: the planned [databases] entries (``name``, ``pool_size``);
-    ``nofile_limit``: the planned LimitNOFILE; ``restart_only``: settings RELOAD cannot change.
+    ``nofile_limit``: the planned LimitNOFILE; ``restart_only``: settings RELOAD cannot change;
+    ``shares``: pgbouncer_shares' ``users`` and ``databases`` (SHOW USERS and SHOW DATABASES
+    compared where the version prints the limits; a RELOAD applies them).
     Each difference is ``{unit, setting, live, wanted, restart}`` with ``live`` and ``wanted``
     as text, except LimitNOFILE's, which are the numbers. A process that does not run has no
     live values, so every value differs.
@@ -67,6 +95,8 @@ def pgbouncer_live_diff(units, instances, settings, databases, nofile_limit, res
             if _text(pools.get(db["name"])) != _text(db["pool_size"]):
                 out.append({"unit": instance["unit"], "setting": f"{db['name']}.pool_size",
                             "live": _text(pools.get(db["name"])), "wanted": _text(db["pool_size"]), "restart": False})
+        if shares:
+            out.extend(_share_differences(instance["unit"], _unit(units, instance["unit"]), shares))
     return out
 
 

@@ -12,8 +12,13 @@ Facts it relies on (PgBouncer documentation and source, and facts.md):
   the lookups (``auth_user`` on the entry); ``max_db_connections`` caps it together with
   the users' pools, so it counts as one more user (``pools`` of each sized entry).
 * At start PgBouncer expects ``max_client_conn + 10 + sum over databases of
-  pool_size x users`` file descriptors (``check_limits`` in src/main.c) and only
-  logs a mismatch, so the limit has to be set by whoever starts it.
+  pool_size x users`` file descriptors (``check_limits`` in src/main.c), where users are
+  all the users it knows (auth_file, ``[users]``, auth users), and only logs a mismatch,
+  so the limit has to be set by whoever starts it.
+* ``max_user_connections`` (a ``[users]`` line, every version) caps the server connections
+  of one user over all its pools in one process (src/loader.c ``parse_user``). The share of
+  a named user is what its pools can open: the sum over the entries naming it of
+  ``min(pool_size + reserve_pool_size, max_db_connections)``.
 * ``max_client_conn`` is per process: with ``so_reuseport`` the kernel hands each new TCP
   connection to one process by a hash of its addresses (pgbouncer.org, so_reuseport), not
   evenly, and a client of one process's Unix socket always reaches that process.
@@ -77,6 +82,7 @@ SPEC_OPTIONAL = (
     "reserve_pool_size",
     "auth_query",
     "client_demand",
+    "auth_user",
 )
 DATABASE_REQUIRED = ("name",)
 DATABASE_OPTIONAL = ("users", "user", "pool_size", "reserve_pool_size", "max_db_connections", "target", "pool_mode")
@@ -126,6 +132,41 @@ def _per_process_connections(database, pool_size, reserve_pool_size):
     if database["max_db_connections"] is not None:
         connections = min(connections, database["max_db_connections"])
     return size, reserve, connections
+
+
+def _pool_connections(entry):
+    """Server connections one pool of a sized entry may open in one process."""
+    pool = entry["pool_size"] + entry["reserve_pool_size"]
+    return min(pool, entry["max_db_connections"]) if entry["max_db_connections"] else pool
+
+
+def _entry_users(entry, auth_user):
+    """The users, by name, an entry (of the spec) has pools for: a forced user or the names listed, and the auth user."""
+    if entry.get("user") is not None:
+        names = [entry["user"]]
+    else:
+        names = list(entry["users"]) if isinstance(entry.get("users"), (list, tuple)) else []
+    return names + ([auth_user] if auth_user else [])
+
+
+def user_shares(sized, databases, auth_user=None):
+    """max_user_connections of each named user: the server connections its pools can open in one process.
+
+    ``sized``: the ``databases`` of a pgbouncer_tune result; ``databases``: the entries of its
+    spec, in the same order (user names live there; the result keeps counts); ``auth_user``:
+    the auth_query lookup user, whose pool each entry has (given only in auth_query mode).
+    A user's share is the sum over the entries with a pool for it of min(pool_size +
+    reserve_pool_size, max_db_connections): exactly what those pools can open, so the cap
+    is a guard that names the share (SHOW USERS on 1.23+), never a tighter limit. Entries
+    whose users are a count have no names and add none. Sorted by name.
+    """
+    if not isinstance(sized, (list, tuple)) or not isinstance(databases, (list, tuple)) or len(sized) != len(databases):
+        raise AnsibleFilterError("user_shares: sized and databases must be lists of the same entries")
+    shares = {}
+    for entry, given in zip(sized, databases):
+        for user in _entry_users(given, auth_user):
+            shares[user] = shares.get(user, 0) + _pool_connections(entry)
+    return dict(sorted(shares.items()))
 
 
 def _total(databases, pool_size, reserve_pool_size):
@@ -210,6 +251,9 @@ def pgbouncer_tune(spec):
     auth_query = spec.get("auth_query", False)
     if not isinstance(auth_query, bool):
         raise AnsibleFilterError(f"auth_query must be true or false, got {auth_query!r}")
+    auth_user = spec.get("auth_user")
+    if auth_user is not None and (not isinstance(auth_user, str) or not auth_user):
+        raise AnsibleFilterError(f"auth_user must be a non-empty string, got {auth_user!r}")
     databases = [_check_database(entry, i, pool_mode, int(auth_query)) for i, entry in enumerate(spec["databases"])]
     names = [db["name"] for db in databases]
     if len(set(names)) != len(names):
@@ -250,10 +294,16 @@ def pgbouncer_tune(spec):
 
     # PgBouncer's check_limits counts pool_size x every known user for each entry (once for a
     # forced user); counting each entry's own pools plus reserves is the real maximum.
-    expected_fds = (
+    # The [users] lines (pgbouncer_shares) make every named user known at start, so PgBouncer's
+    # own count may be the higher one (several entries, several users each): the limit covers both.
+    known_users = len({user for entry in spec["databases"] for user in _entry_users(entry, auth_user if auth_query else None)})
+    expected_fds = max(
         max_client_conn
         + 10
-        + sum((entry["pool_size"] + entry["reserve_pool_size"]) * entry["pools"] for entry in sized)
+        + sum((entry["pool_size"] + entry["reserve_pool_size"]) * entry["pools"] for entry in sized),
+        max_client_conn
+        + 10
+        + sum(entry["pool_size"] * (1 if "user" in entry else known_users) for entry in sized),
     )
     nofile_limit = max(NOFILE_MIN, math.ceil(expected_fds * NOFILE_FACTOR) + NOFILE_EXTRA)
     estimated_memory = processes * (max_client_conn + per_process_total) * CONNECTION_MEMORY

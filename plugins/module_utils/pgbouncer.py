@@ -30,7 +30,7 @@ import re
 UNIT_PATTERNS = ("pgbouncer.service", "pgbouncer@*.service")
 NUMBERED_UNIT = re.compile(r"^pgbouncer@([0-9]+)\.service$")
 #: Console commands the modules may run: SHOW only, so a read never changes PgBouncer.
-SHOW_COMMANDS = {"config": "SHOW CONFIG", "databases": "SHOW DATABASES", "pools": "SHOW POOLS"}
+SHOW_COMMANDS = {"config": "SHOW CONFIG", "databases": "SHOW DATABASES", "pools": "SHOW POOLS", "users": "SHOW USERS"}
 #: Printed by psql between the results of several commands in one session.
 SEPARATOR = "@@headroom-pgbouncer-info@@"
 #: Flags of a listening socket in /proc/net/unix (__SO_ACCEPTCON).

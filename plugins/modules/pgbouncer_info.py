@@ -18,8 +18,8 @@ description:
     console client per command and unit, grep of the logs).
   - Units are C(pgbouncer.service) and C(pgbouncer@N.service) as systemd lists them, plus the
     names in O(units) (units the caller plans and that may not exist yet).
-  - For each running unit it reads the admin console with C(SHOW CONFIG), C(SHOW DATABASES) and
-    C(SHOW POOLS) (as O(show) selects), the soft file descriptor limit of its main process from
+  - For each running unit it reads the admin console with C(SHOW CONFIG), C(SHOW DATABASES),
+    C(SHOW POOLS) and C(SHOW USERS) (as O(show) selects), the soft file descriptor limit of its main process from
     C(/proc/PID/limits), and the last C(kernel file descriptor limit) line of the log file that
     C(SHOW CONFIG) names.
   - "How it reaches the console: as the special user C(pgbouncer), over the Unix socket the main
@@ -46,8 +46,8 @@ options:
       - Admin console commands to read on each running unit.
     type: list
     elements: str
-    choices: [config, databases, pools]
-    default: [config, databases, pools]
+    choices: [config, databases, pools, users]
+    default: [config, databases, pools, users]
   config_dir:
     description:
       - Directory of the PgBouncer ini files. Every C(pgbouncer.ini), C(pgbouncer-N.ini) and their
@@ -146,6 +146,13 @@ units:
       description: C(SHOW POOLS) rows, when O(show) has C(pools).
       type: list
       elements: dict
+    users:
+      description:
+        - C(SHOW USERS) rows, when O(show) has C(users). From PgBouncer 1.23 they carry
+          C(max_user_connections), and from 1.24 C(max_user_client_connections); 1.18 has only
+          C(name) and C(pool_mode).
+      type: list
+      elements: dict
     fd_report:
       description:
         - PgBouncer's last start-up report of its file descriptors (C(limit), C(hard), C(max_client_conn),
@@ -164,6 +171,7 @@ units:
       config: {pool_mode: transaction, max_client_conn: "1200"}
       databases: [{name: bench, pool_size: "12"}]
       pools: [{database: bench, user: bench, sv_idle: "3"}]
+      users: [{name: leaky, max_user_connections: "14", max_user_client_connections: "5"}]
       fd_report: {limit: 1420, hard: 1420, max_client_conn: 1200, expected: 1262, line: "... kernel file descriptor limit: ..."}
 """
 
@@ -249,7 +257,7 @@ def read_process(module, unit, show, fd_report):
     results = console.show(show)
     if "config" in results:
         unit["config"] = dict((row["key"], row["value"]) for row in results["config"])
-    for key in ("databases", "pools"):
+    for key in ("databases", "pools", "users"):
         if key in results:
             unit[key] = results[key]
     if fd_report:
@@ -270,8 +278,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             units=dict(type="list", elements="str", default=[]),
-            show=dict(type="list", elements="str", default=["config", "databases", "pools"],
-                      choices=["config", "databases", "pools"]),
+            show=dict(type="list", elements="str", default=["config", "databases", "pools", "users"],
+                      choices=["config", "databases", "pools", "users"]),
             config_dir=dict(type="path", default="/etc/pgbouncer"),
             packages=dict(type="list", elements="str", default=[]),
             fd_report=dict(type="bool", default=True),
@@ -279,11 +287,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    show = [key for key in ("config", "databases", "pools") if key in params["show"]]
+    show = [key for key in ("config", "databases", "pools", "users") if key in params["show"]]
     units = units_of(module, params["units"])
     for name in sorted(units):
         # Every unit has every field: empty ones when no process runs.
-        units[name].update(socket=None, nofile=None, config={}, databases=[], pools=[], fd_report=None)
+        units[name].update(socket=None, nofile=None, config={}, databases=[], pools=[], users=[], fd_report=None)
         if units[name]["running"]:
             read_process(module, units[name], show, params["fd_report"])
     module.exit_json(

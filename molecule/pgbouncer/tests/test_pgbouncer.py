@@ -350,6 +350,176 @@ def test_candidate_check_refuses_a_file_pgbouncer_cannot_load(host, edit, loads)
         assert "cannot load config file" in result.stderr
 
 
+# Each application's share (molecule.yml: pgbouncer_user_client_limits {leaky: 5},
+# pgbouncer_database_client_limits {bench: 1100}). Every pool opens at most pool + reserve (14)
+# server connections in a process, which is each named user's max_user_connections. PgBouncer
+# 1.24+ also holds leaky to 5 client connections per process; 1.18 cannot (and before 1.23 a
+# [users] line would stop auth_query for the user, so only the auth user has one there).
+USER_SHARE = POOL_SIZE + RESERVE_POOL_SIZE
+LEAKY_CLIENT_LIMIT = 5
+BENCH_CLIENT_LIMIT = 1100
+CLIENT_LIMIT_REFUSAL = "client connections exceeded (max_user_client_connections)"
+
+
+def pgbouncer_version(host):
+    out = host.check_output("pgbouncer --version")
+    return tuple(int(part) for part in re.search(r"PgBouncer (\d+)\.(\d+)", out).groups())
+
+
+def ini_sections(host, unit):
+    """{section: [lines]} of a unit's pgbouncer.ini, comments and blank lines left out, in file order."""
+    sections, current = {}, None
+    for line in host.file(ini_of(unit)).content_string.splitlines():
+        if re.fullmatch(r"\[\w+\]", line):
+            current = line[1:-1]
+            sections[current] = []
+        elif current and line.strip() and not line.startswith(";"):
+            sections[current].append(line)
+    return sections
+
+
+def test_the_users_section_holds_each_users_share(host):
+    client_limits = pgbouncer_version(host) >= (1, 24)
+    if client_limits:
+        users = [f"bench = max_user_connections={USER_SHARE}",
+                 f"leaky = max_user_connections={USER_SHARE} max_user_client_connections={LEAKY_CLIENT_LIMIT}",
+                 f"pgbouncer_auth = max_user_connections={USER_SHARE}"]
+    else:
+        users = [f"pgbouncer_auth = max_user_connections={USER_SHARE}"]
+    for unit in units(host):
+        sections = ini_sections(host, unit)
+        assert sections["users"] == users, sections
+        assert list(sections)[-1] == "pgbouncer", list(sections)  # pgbouncer-check-config appends to it
+        bench_line = next(line for line in sections["databases"] if line.startswith("bench = "))
+        assert (f" max_db_client_connections={BENCH_CLIENT_LIMIT}" in bench_line) == client_limits, bench_line
+        live = {row["name"]: row for row in console(host, "SHOW USERS", unit)}
+        if client_limits:
+            assert {name: (live[name]["max_user_connections"], live[name]["max_user_client_connections"])
+                    for name in ("bench", "leaky", "pgbouncer_auth")} == {
+                "bench": (str(USER_SHARE), "0"), "leaky": (str(USER_SHARE), str(LEAKY_CLIENT_LIMIT)),
+                "pgbouncer_auth": (str(USER_SHARE), "0")}
+            bench_db = next(row for row in console(host, "SHOW DATABASES", unit) if row["name"] == "bench")
+            assert bench_db["max_client_connections"] == str(BENCH_CLIENT_LIMIT), bench_db
+        else:
+            # 1.18 prints no limits in SHOW USERS; the auth user's line made it a known user.
+            assert "pgbouncer_auth" in live and "max_user_connections" not in live["pgbouncer_auth"], live
+
+
+def leaky_clients(host, unit):
+    return sum(1 for row in console(host, "SHOW CLIENTS", unit) if row["user"] == "leaky")
+
+
+def test_a_leaking_application_gets_its_client_share_and_bench_still_runs(host):
+    """leaky opens 8 sessions on one process and never closes them: 5 get in, 3 are refused with the
+    limit's name; a 9th login is refused too, and pgbench as bench meanwhile runs without an error."""
+    if pgbouncer_version(host) < (1, 24):
+        pytest.skip("PgBouncer before 1.24 has no max_user_client_connections")
+    unit = units(host)[0]
+    socket_dir = live_config(host, unit)["unix_socket_dir"]
+    psql = f"env PGPASSWORD={PASSWORD} psql -X -h {socket_dir} -p {PGBOUNCER_PORT} -U leaky -d bench"
+    # One session (setsid) holds every leaked client: psql stays connected while its stdin (sleep) is open.
+    leader = host.check_output(
+        "rm -rf /tmp/leak && mkdir /tmp/leak && setsid sh -c %s >/dev/null 2>&1 & echo $!",
+        f"for i in 1 2 3 4 5 6 7 8; do (sleep 120 | {psql} >/tmp/leak/$i.out 2>/tmp/leak/$i.err; "
+        "echo $? >/tmp/leak/$i.rc) & sleep 0.1; done; wait",
+    ).strip()
+    try:
+        for _attempt in range(50):
+            refused = host.check_output("grep -l %s /tmp/leak/*.err 2>/dev/null | wc -l || true",
+                                        CLIENT_LIMIT_REFUSAL).strip()
+            if leaky_clients(host, unit) == LEAKY_CLIENT_LIMIT and refused == "3":
+                break
+            time.sleep(0.2)
+        assert (leaky_clients(host, unit), refused) == (LEAKY_CLIENT_LIMIT, "3"), host.check_output(
+            "tail -n +1 /tmp/leak/*.err")
+        ninth = host.run(f"PGCONNECT_TIMEOUT=10 timeout 30 {psql} -Atc 'SELECT 1'")
+        assert ninth.rc != 0 and f"FATAL:  {CLIENT_LIMIT_REFUSAL}" in ninth.stderr, ninth.stderr
+        result, _samples = pgbench(host, 100, PGBOUNCER_PORT, f"--transactions={TRANSACTIONS}")
+        print(result.stdout)
+        assert result.rc == 0, result.stderr
+        assert re.search(r"^number of failed transactions: 0 \(0\.000%\)$", result.stdout, re.M), result.stdout
+        assert f"number of transactions actually processed: {100 * TRANSACTIONS}/{100 * TRANSACTIONS}" in result.stdout
+        assert "error" not in result.stderr.lower(), result.stderr
+        # The leak was there the whole time: still 5, as SHOW USERS counts them too.
+        user = next(row for row in console(host, "SHOW USERS", unit) if row["name"] == "leaky")
+        assert (leaky_clients(host, unit), user["current_client_connections"]) == (LEAKY_CLIENT_LIMIT, "5"), user
+    finally:
+        host.run("kill -- -%s", leader)
+        for _attempt in range(50):
+            if leaky_clients(host, unit) == 0:
+                break
+            time.sleep(0.1)
+
+
+def test_on_debian_12_leaky_load_stays_within_its_share_of_server_connections_while_bench_runs(host):
+    """What PgBouncer 1.18 holds leaky to: 40 leaky clients keep a server connection each busy (pg_sleep
+    50 ms, on one process) while pgbench runs as bench. Nothing limits their clients there, but PostgreSQL
+    never sees more leaky backends than its share (pool + reserve), and bench runs without an error.
+
+    On 1.24+ leaky may have 5 clients, so it cannot press on its pool (the test above).
+    """
+    if pgbouncer_version(host) >= (1, 24):
+        pytest.skip("1.24+ holds leaky to 5 clients (test_a_leaking_application_gets_its_client_share...)")
+    unit = units(host)[0]
+    socket_dir = live_config(host, unit)["unix_socket_dir"]
+    binary = f"/usr/lib/postgresql/{cluster(host)['version']}/bin/pgbench"
+    clients = 40
+    leaky = (
+        "echo 'SELECT pg_sleep(0.05);' > /tmp/leaky.sql; rm -f /tmp/leaky.rc /tmp/leaky-samples; touch /tmp/leaky-sampling; "
+        "( while [ -e /tmp/leaky-sampling ]; do runuser -u postgres -- psql -XAtq -c "
+        "\"SELECT count(*) FROM pg_stat_activity WHERE usename = 'leaky' AND backend_type = 'client backend'\" "
+        ">> /tmp/leaky-samples; sleep 0.1; done ) & "
+        f"env PGPASSWORD={PASSWORD} timeout 60 {binary} --host={socket_dir} --port={PGBOUNCER_PORT} --username=leaky "
+        f"--no-vacuum --file=/tmp/leaky.sql --client={clients} --jobs=2 --time=6 bench > /tmp/leaky.out 2>&1; "
+        "rc=$?; rm -f /tmp/leaky-sampling; wait; echo $rc > /tmp/leaky.rc"
+    )
+    sample = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'leaky' AND backend_type = 'client backend'"
+    host.check_output("rm -f /tmp/leaky.rc; nohup bash -c %s >/dev/null 2>&1 &", leaky)
+    try:
+        for _attempt in range(50):  # leaky is at work before bench starts
+            if int(host.check_output("runuser -u postgres -- psql -XAtq -c %s", sample)) > 0:
+                break
+            time.sleep(0.1)
+        result, _samples = pgbench(host, 100, PGBOUNCER_PORT, f"--transactions={TRANSACTIONS}")
+        overlapped = not host.file("/tmp/leaky.rc").exists
+        for _attempt in range(100):
+            if host.file("/tmp/leaky.rc").exists:
+                break
+            time.sleep(0.2)
+        leaky_out = host.file("/tmp/leaky.out").content_string
+        samples = [int(line) for line in host.file("/tmp/leaky-samples").content_string.split()]
+    finally:
+        # leaky's idle server connections would count in later tests' samples.
+        host.run("runuser -u postgres -- psql -XAtq -c %s",
+                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'leaky'")
+    print(result.stdout)
+    print(leaky_out)
+    print(f"leaky backends over {len(samples)} samples: max {max(samples)} (share {USER_SHARE}, clients {clients})")
+    assert overlapped, "pgbench as bench ended after leaky's run: they did not run at the same time"
+    assert host.file("/tmp/leaky.rc").content_string.strip() == "0", leaky_out
+    assert result.rc == 0, result.stderr
+    assert re.search(r"^number of failed transactions: 0 \(0\.000%\)$", result.stdout, re.M), result.stdout
+    assert f"number of transactions actually processed: {100 * TRANSACTIONS}/{100 * TRANSACTIONS}" in result.stdout
+    assert "error" not in result.stderr.lower(), result.stderr
+    # 40 busy clients filled the pool (12) and never got past pool + reserve.
+    assert POOL_SIZE <= max(samples) <= USER_SHARE, samples
+
+
+def assert_warns_once_about_the_client_shares(result):
+    """PgBouncer 1.18 would refuse the file with either client limit: they are left out, and a run says so once.
+
+    Checked on a run the faults below make anyway (a converge costs the scenario half a minute).
+    """
+    output = " ".join(result.stdout.split())  # the callback folds a long message
+    warning = (
+        f"WARNING {FAULT_HOST}: PgBouncer 1.18.0 has no max_user_client_connections (1.24+): the client share of"
+        " users leaky (pgbouncer_user_client_limits) is not enforced here; no max_db_client_connections (1.24+):"
+        " the client share of databases bench (pgbouncer_database_client_limits) is not enforced here; the server"
+        " side still is."
+    )
+    assert output.count(f"WARNING {FAULT_HOST}:") == 1 and warning in output, output[-3000:]
+
+
 # capacity.yml where PgBouncer runs beside its server (the lab's db1): each host is in groups
 # postgresql and pgbouncer, and the report holds both its slots and its pools.
 CAPACITY_DIRECT, CAPACITY_POOLED = 3, 2  # idle sessions per host, straight to PostgreSQL and through PgBouncer
@@ -573,6 +743,7 @@ def test_a_live_file_broken_by_hand_falls_back_silently_and_a_run_repairs_it(fau
     assert (fallback["max_client_conn"], fallback["default_pool_size"]) == ("100", "20"), fallback
     result = playbook(fault_host)
     assert result.returncode == 0, result.stdout
+    assert_warns_once_about_the_client_shares(result)
     live = live_config(fault_host, unit)
     assert (live["max_client_conn"], live["default_pool_size"]) == (str(MAX_CLIENT_CONN), str(POOL_SIZE))
     assert main_pid(fault_host, unit) == pid
@@ -647,7 +818,7 @@ def test_listening_beyond_loopback_without_client_tls_is_refused(fault_host):
 def test_an_entry_for_the_postgres_database_keeps_the_superusers_peer_login(fault_host):
     # Any user (a count) on the database postgres: the role's scram-sha-256 rule goes first in
     # pg_hba.conf, and without its own peer line the superuser would be asked for a password.
-    databases = [{"name": "bench", "users": ["bench"]}, {"name": "postgres", "users": 2}]
+    databases = [{"name": "bench", "users": ["bench", "leaky"]}, {"name": "postgres", "users": 2}]
     result = playbook(fault_host, "-e", json.dumps({"pgbouncer_databases": databases}))
     try:
         assert result.returncode == 0, result.stdout[-3000:]

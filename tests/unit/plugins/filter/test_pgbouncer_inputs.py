@@ -161,3 +161,43 @@ def test_inputs_that_lack_a_key_are_refused_loudly():
         pgbouncer_refusals({k: v for k, v in GOOD.items() if k != "databases"}, HOST, KNOWN)
     with pytest.raises(AnsibleFilterError, match="must be a dict"):
         pgbouncer_refusals([], HOST, KNOWN)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "changes", "message"),
+    [
+        ("user client limits that are not a dict", {"user_client_limits": ["app"]},
+         'pgbouncer_user_client_limits must be a dict of user named in a pgbouncer_databases entry\'s users to the most'
+         ' client connections it may hold in one PgBouncer process, a positive integer (got ["app"]).'),
+        ("database client limits that are not a dict", {"database_client_limits": "appdb=5"},
+         "pgbouncer_database_client_limits must be a dict of pgbouncer_databases entry name to the most client"
+         ' connections it may hold in one PgBouncer process, a positive integer (got "appdb=5").'),
+        ("a user limit of 0", {"user_client_limits": {"app": 0}},
+         'pgbouncer_user_client_limits entry "app": 0 is not allowed: the key must be a user named in a'
+         " pgbouncer_databases entry's users (app), the value a positive integer."),
+        ("a user limit given as a string", {"user_client_limits": {"app": "5"}},
+         'pgbouncer_user_client_limits entry "app": "5" is not allowed'),
+        ("a user limit given as true", {"user_client_limits": {"app": True}},
+         'pgbouncer_user_client_limits entry "app": true is not allowed'),
+        ("a user no entry names", {"user_client_limits": {"ghost": 5}},
+         'pgbouncer_user_client_limits entry "ghost": 5 is not allowed: the key must be a user named in a'
+         " pgbouncer_databases entry's users (app), the value a positive integer."),
+        ("a user when the entries give a count of users",
+         {"databases": [{**ENTRY, "users": 3}], "user_client_limits": {"app": 5}},
+         'pgbouncer_user_client_limits entry "app": 5 is not allowed: the key must be a user named in a'
+         " pgbouncer_databases entry's users (none), the value a positive integer."),
+        ("a database that is not an entry", {"database_client_limits": {"otherdb": 100}},
+         'pgbouncer_database_client_limits entry "otherdb": 100 is not allowed: the key must be a pgbouncer_databases'
+         " entry name (appdb), the value a positive integer."),
+        ("a negative database limit", {"database_client_limits": {"appdb": -1}},
+         'pgbouncer_database_client_limits entry "appdb": -1 is not allowed'),
+    ],
+)
+def test_client_limits_are_refused_with_the_variable_the_value_and_what_is_allowed(sentence, changes, message):
+    assert any(m.startswith(message) for m in refusals(**changes)), (sentence, refusals(**changes))
+
+
+def test_client_limits_for_named_users_and_entries_are_allowed():
+    changes = {"databases": [ENTRY, {"name": "reports", "users": ["app", "report"]}],
+               "user_client_limits": {"app": 200, "report": 20}, "database_client_limits": {"reports": 50}}
+    assert refusals(**changes) == []

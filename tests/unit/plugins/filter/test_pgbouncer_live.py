@@ -190,3 +190,56 @@ def test_apply_refuses_what_is_not_registered_results():
         apply(written={"userlist.txt": "changed"})
     with pytest.raises(AnsibleFilterError, match="written must map"):
         pgbouncer_apply([], RUNS, [SINGLE], pgbouncer_retired(RUNS, [SINGLE]), [], False)
+
+
+SHARES = {"users": {"leaky": {"max_user_connections": 14, "max_user_client_connections": 5},
+                    "bench": {"max_user_connections": 14}},
+          "databases": {"bench": {"max_db_client_connections": 1100}}}
+
+
+def with_shares(users, databases_extra=None):
+    units = running()
+    units["pgbouncer.service"]["users"] = users
+    units["pgbouncer.service"]["databases"][0].update(databases_extra or {})
+    return units
+
+
+@pytest.mark.parametrize(
+    ("sentence", "users", "databases_extra", "expected"),
+    [
+        ("1.24 prints the limits the file holds: nothing differs",
+         [{"name": "leaky", "max_user_connections": "14", "max_user_client_connections": "5"},
+          {"name": "bench", "max_user_connections": "14", "max_user_client_connections": "0"}],
+         {"max_client_connections": "1100"}, []),
+        ("1.18 prints no limits: nothing to compare", [{"name": "leaky", "pool_mode": ""},
+                                                       {"name": "bench", "pool_mode": ""}], {}, []),
+        ("a client share the reload did not take is named after its user",
+         [{"name": "leaky", "max_user_connections": "14", "max_user_client_connections": "0"},
+          {"name": "bench", "max_user_connections": "14", "max_user_client_connections": "0"}],
+         {"max_client_connections": "1100"},
+         [{"unit": "pgbouncer.service", "setting": "leaky.max_user_client_connections", "live": "0", "wanted": "5",
+           "restart": False}]),
+        ("a client share that is live but no longer wanted (unset prints 0)",
+         [{"name": "leaky", "max_user_connections": "14", "max_user_client_connections": "5"},
+          {"name": "bench", "max_user_connections": "14", "max_user_client_connections": "9"}],
+         {"max_client_connections": "0"},
+         [{"unit": "pgbouncer.service", "setting": "bench.max_user_client_connections", "live": "9", "wanted": "0",
+           "restart": False},
+          {"unit": "pgbouncer.service", "setting": "bench.max_db_client_connections", "live": "0", "wanted": "1100",
+           "restart": False}]),
+        ("a planned user missing from SHOW USERS on a version that prints limits",
+         [{"name": "bench", "max_user_connections": "14", "max_user_client_connections": "0"}],
+         {"max_client_connections": "1100"},
+         [{"unit": "pgbouncer.service", "setting": "leaky.max_user_connections", "live": "", "wanted": "14",
+           "restart": False},
+          {"unit": "pgbouncer.service", "setting": "leaky.max_user_client_connections", "live": "", "wanted": "5",
+           "restart": False}]),
+    ],
+)
+def test_the_shares_are_compared_where_show_prints_them(sentence, users, databases_extra, expected):
+    units = with_shares(users, databases_extra)
+    assert pgbouncer_live_diff(units, [SINGLE], SETTINGS, TARGETS, 1420, RESTART_ONLY, SHARES) == expected, sentence
+
+
+def test_without_shares_the_users_are_not_read():
+    assert pgbouncer_live_diff(with_shares([]), [SINGLE], SETTINGS, TARGETS, 1420, RESTART_ONLY) == []

@@ -4,7 +4,7 @@ import math
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import FilterModule, pgbouncer_tune
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import FilterModule, pgbouncer_tune, user_shares
 
 
 def bouncer(databases=None, **extra):
@@ -316,3 +316,47 @@ def test_session_mode_notes_that_pools_do_not_multiplex():
 def test_pgbouncer_tune_refuses(sentence, given, message):
     with pytest.raises(AnsibleFilterError, match=message):
         pgbouncer_tune(given)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "databases", "extra", "auth_user", "expected"),
+    [
+        ("each named user's share is what its pool opens: pool 20 + reserve 0",
+         [{"name": "appdb", "users": ["app", "report"]}], {}, None, {"app": 20, "report": 20}),
+        ("a user on two entries gets both pools; reserves count",
+         [{"name": "appdb", "users": ["app"]}, {"name": "reports", "users": ["app", "report"], "pool_size": 5}],
+         {"reserve_pool_size": 2}, None, {"app": 22 + 7, "report": 7}),
+        ("an entry's max_db_connections below its pool caps each user's share there",
+         [{"name": "appdb", "users": ["app"], "max_db_connections": 8}], {}, None, {"app": 8}),
+        ("the auth user runs the lookups of every entry, so it has a share of each (auth_query)",
+         [{"name": "a", "users": ["app"]}, {"name": "b", "users": 3}], {"auth_query": True}, "pgbouncer_auth",
+         {"app": 20, "pgbouncer_auth": 40}),
+        ("a count of users names nobody", [{"name": "appdb", "users": 4}], {}, None, {}),
+        ("a forced user has the entry's one pool", [{"name": "reports", "user": "reporter"}], {"default_pool_size": 5},
+         None, {"reporter": 5}),
+        ("an allowance that shrinks the pools shrinks the shares: 2 pools x 15 = 30",
+         [{"name": "appdb", "users": ["app", "report"]}], {"server_cpus": 16, "server_connection_allowance": 30}, None,
+         {"app": 15, "report": 15}),
+    ],
+)
+def test_user_shares(sentence, databases, extra, auth_user, expected):
+    sizing = pgbouncer_tune(bouncer(databases, **extra))
+    assert user_shares(sizing["databases"], databases, auth_user) == expected, sentence
+
+
+def test_user_shares_are_sorted_by_name():
+    databases = [{"name": "appdb", "users": ["zed", "app", "mid"]}]
+    assert list(user_shares(pgbouncer_tune(bouncer(databases))["databases"], databases)) == ["app", "mid", "zed"]
+
+
+def test_user_shares_need_the_spec_entries_of_the_sizing():
+    with pytest.raises(AnsibleFilterError, match="same entries"):
+        user_shares(pgbouncer_tune(bouncer())["databases"], [])
+
+
+def test_nofile_limit_covers_pgbouncer_own_count_when_many_named_users_share_entries():
+    """PgBouncer counts pool_size x every known user for each entry; [users] makes each named user known."""
+    databases = [{"name": f"db{n}", "users": [f"app{n}", f"report{n}"]} for n in range(5)]
+    sizing = pgbouncer_tune(bouncer(databases, auth_query=True, auth_user="pgbouncer_auth"))
+    pgbouncer_count = 1000 + 10 + 5 * 20 * 11  # 10 named users and the auth user
+    assert sizing["nofile_limit"] == math.ceil(pgbouncer_count * 1.1) + 100
