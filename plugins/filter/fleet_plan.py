@@ -254,7 +254,10 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
             f"pgbouncer host {pooler}: its CPUs are unknown (no cached facts); set headroom_cpus for it or run "
             "site.yml once with fact caching on"
         )
-    applications = _pgbouncer_clients(hostvars, pooler, groups, [entry["name"] for entry in entries])
+    applications = _pgbouncer_clients(
+        hostvars, pooler, groups, [entry["name"] for entry in entries],
+        sorted({str(user) for entry in entries if isinstance(entry.get("users"), list) for user in entry["users"]}),
+    )
     spec = {
         "cpus": cpus,
         # The inventory's value, or none: then pgbouncer_tune sizes it from the declared clients
@@ -423,7 +426,7 @@ def _direct_clients(direct_clients, groups, servers):
     return clients
 
 
-def _pgbouncer_clients(hostvars, pooler, groups, database_names):
+def _pgbouncer_clients(hostvars, pooler, groups, database_names, user_names=None):
     """The applications declared on a PgBouncer host (headroom_pgbouncer_clients), each with its pool x instances."""
     variable = f"pgbouncer host {pooler}: headroom_pgbouncer_clients"
     declared = _declared_clients(
@@ -436,6 +439,12 @@ def _pgbouncer_clients(hostvars, pooler, groups, database_names):
         user, database = client.get("user"), client.get("database")
         if user is not None and (not isinstance(user, str) or not user):
             raise AnsibleFilterError(f"{what} ({client['name']}): user must be a PgBouncer user name, got {user!r}")
+        # The pgbouncer role gives a client share only to users its entries name (not counted).
+        if user is not None and user_names is not None and user not in user_names:
+            raise AnsibleFilterError(
+                f"{what} ({client['name']}): user {user!r} is not named in this host's pgbouncer_databases users "
+                f"({', '.join(user_names) or 'none: its entries give counts'}); name it there, or leave user out"
+            )
         if database is not None and database not in database_names:
             raise AnsibleFilterError(
                 f"{what} ({client['name']}): database {database!r} is not one of this host's pgbouncer_databases "

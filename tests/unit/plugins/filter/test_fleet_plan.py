@@ -568,9 +568,17 @@ def test_the_client_side_of_each_pgbouncer_host(sentence, pooler, expected):
     assert {key: clients[key] for key in expected} == expected, sentence
 
 
+def shares_plan(clients, users=("shop", "reports")):
+    named = {"name": "app", "host": "db1", "users": list(users), "pool_size": 10}
+    return plan(
+        {"db1": server(), "app1": bouncer(named, cpus=4, headroom_pgbouncer_clients=clients)},
+        groups={"postgresql": ["db1"], "pgbouncer": ["app1"]},
+    )
+
+
 def test_declared_users_and_databases_become_pgbouncers_client_shares():
-    clients = client_plan(
-        headroom_pgbouncer_clients=[
+    clients = shares_plan(
+        [
             {"name": "web", "connections": 10, "instances": 6, "user": "shop", "database": "app"},
             {"name": "admin", "connections": 5, "user": "shop"},
             {"name": "reports", "connections": 3, "user": "reports", "database": "app"},
@@ -579,6 +587,14 @@ def test_declared_users_and_databases_become_pgbouncers_client_shares():
     )["poolers"]["app1"]["clients"]
     assert clients["user_limits"] == {"reports": 3, "shop": 65}
     assert clients["database_limits"] == {"app": 63}
+
+
+def test_a_client_share_for_a_user_the_entries_do_not_name_fails_before_any_host_changes():
+    with pytest.raises(AnsibleFilterError, match="user 'shop' is not named in this host's pgbouncer_databases users "
+                                                 r"\(none: its entries give counts\)"):
+        client_plan(headroom_pgbouncer_clients=[{"name": "web", "connections": 2, "user": "shop"}])
+    with pytest.raises(AnsibleFilterError, match=r"user 'nobody' is not named .* \(reports, shop\)"):
+        shares_plan([{"name": "web", "connections": 2, "user": "nobody"}])
 
 
 @pytest.mark.parametrize(
