@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import client_connections, pg_connection_budget
-from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune, sized_max_client_conn
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune, sized_max_client_conn, user_shares
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import tune_with_report
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import PREFIX, tuning_spec
@@ -294,12 +294,9 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
     # What each named user's pools can open on each server: a direct client's role that is also
     # a PgBouncer user needs both under its CONNECTION LIMIT.
     user_connections = [
-        {"target": database["target"], "user": user,
-         "connections": min(database["max_db_connections"] or database["server_connections"],
-                            database["pool_size"] + database["reserve_pool_size"]) * sized["processes"]}
+        {"target": database["target"], "user": user, "connections": share * sized["processes"]}
         for entry, database in zip(entries, sized["databases"], strict=True)
-        if isinstance(entry.get("users"), list)
-        for user in entry["users"]
+        for user, share in user_shares([database], [entry]).items()
     ]
     return {
         "sizing": sized,
