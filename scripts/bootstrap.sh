@@ -20,7 +20,8 @@ if ! docker_answers; then
   fi
   if ! docker_answers; then
     echo "setup: starting dockerd in the background (log: /var/log/headroom-dockerd.log)"
-    nohup dockerd >/var/log/headroom-dockerd.log 2>&1 &
+    # Its own session: dockerd outlives the shell (and the process group) that ran make setup.
+    setsid nohup dockerd >/var/log/headroom-dockerd.log 2>&1 </dev/null &
     for _ in $(seq 1 60); do docker_answers && break; sleep 1; done
     docker_answers || die "dockerd did not answer within 60 s; see /var/log/headroom-dockerd.log."
   fi

@@ -19,8 +19,9 @@ releases=${IMAGES:-12 13 forky}
 
 base_packages=python3,systemd,systemd-sysv
 # What the roles install (postgresql, pgbouncer, procps for the unit's /bin/kill, psql) and the
-# tests use (pgbench comes with the server package).
-baked_packages=$base_packages,postgresql,postgresql-client,pgbouncer,procps
+# tests use (pgbench comes with the server package; python3-psycopg for a driver's prepared
+# statements through PgBouncer, molecule/pgbouncer).
+baked_packages=$base_packages,postgresql,postgresql-client,pgbouncer,procps,python3-psycopg
 
 recipe_label=org.headroom.recipe
 

@@ -45,6 +45,11 @@ MINIMUMS = (
     ("idle_transaction_timeout", 0),
     ("server_lifetime", 0),
     ("nofile_limit", 0),
+    ("query_timeout", 0),
+    ("client_idle_timeout", 0),
+    ("transaction_timeout", 0),
+    ("query_wait_notify", 0),
+    ("max_prepared_statements", 0),
 )
 
 INPUTS = (

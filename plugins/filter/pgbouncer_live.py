@@ -158,9 +158,30 @@ def pgbouncer_apply(written, info, instances, retired, live_before, allow_restar
     return reasons
 
 
+def pgbouncer_reload_errors(reloads):
+    """The console RELOADs that answered an error (PgBouncer 1.25+), as differences like pgbouncer_live_diff's.
+
+    ``reloads``: the registered result of the role's console RELOAD handler (a loop over the
+    instances), or {} when it did not run. PgBouncer answers "RELOAD failed, see logs for
+    additional details" and names the cause in the process's log.
+    """
+    if not isinstance(reloads, dict):
+        raise AnsibleFilterError(f"pgbouncer_reload_errors: reloads must be a registered loop result, got {reloads!r}")
+    out = []
+    for result in reloads.get("results") or ():
+        if result.get("skipped") or result.get("rc", 0) == 0:
+            continue
+        instance = result.get("instance") or {}
+        answer = (result.get("stderr") or result.get("msg") or "").strip()
+        out.append({"unit": instance.get("unit", ""), "setting": "RELOAD", "live": answer,
+                    "wanted": f"RELOAD without error (the cause is in {instance.get('logfile', 'the log')})",
+                    "restart": False})
+    return out
+
+
 class FilterModule:
     """Comparisons of the live PgBouncer with the planned one."""
 
     def filters(self):
         return {"pgbouncer_live_diff": pgbouncer_live_diff, "pgbouncer_retired": pgbouncer_retired,
-                "pgbouncer_apply": pgbouncer_apply}
+                "pgbouncer_apply": pgbouncer_apply, "pgbouncer_reload_errors": pgbouncer_reload_errors}

@@ -83,6 +83,7 @@ SPEC_OPTIONAL = (
     "auth_query",
     "client_demand",
     "auth_user",
+    "peers",
 )
 DATABASE_REQUIRED = ("name",)
 DATABASE_OPTIONAL = ("users", "user", "pool_size", "reserve_pool_size", "max_db_connections", "target", "pool_mode")
@@ -173,12 +174,25 @@ def _total(databases, pool_size, reserve_pool_size):
     return sum(_per_process_connections(db, pool_size, reserve_pool_size)[2] for db in databases)
 
 
-def _processes(spec, cpus):
+def _processes(spec, cpus, notes):
+    """Processes given, else one per TPS_PER_PROCESS of expected_tps up to the cores, else one.
+
+    Without ``peers`` (PgBouncer before 1.19 has no [peers]: a cancel request that the kernel
+    hands to another process than the query's is lost) the load still gets one process, and a
+    note says why; processes given explicitly are the caller's to refuse.
+    """
     if spec.get("processes") is not None:
         return as_int(spec["processes"], "processes", minimum=1, maximum=cpus)
     if spec.get("expected_tps") is not None:
         tps = as_int(spec["expected_tps"], "expected_tps", minimum=0)
-        return max(1, min(cpus, math.ceil(tps / TPS_PER_PROCESS)))
+        wanted = max(1, min(cpus, math.ceil(tps / TPS_PER_PROCESS)))
+        if wanted > 1 and spec.get("peers", True) is False:
+            notes.append(
+                f"one process, although expected_tps {tps} asks for {wanted}: this PgBouncer has no [peers] (1.19+), "
+                "so with several processes on one port a cancel request could reach a process that does not run the query"
+            )
+            return 1
+        return wanted
     return 1
 
 
@@ -258,7 +272,10 @@ def pgbouncer_tune(spec):
     names = [db["name"] for db in databases]
     if len(set(names)) != len(names):
         raise AnsibleFilterError(f"databases names must be distinct, got {', '.join(names)}")
-    processes = _processes(spec, cpus)
+    if not isinstance(spec.get("peers", True), bool):
+        raise AnsibleFilterError(f"peers must be true or false, got {spec['peers']!r}")
+    notes = []
+    processes = _processes(spec, cpus, notes)
 
     if spec.get("default_pool_size") is not None:
         pool_size = as_int(spec["default_pool_size"], "default_pool_size", minimum=1)
@@ -315,7 +332,6 @@ def pgbouncer_tune(spec):
                 f"{describe_size(estimated_memory)}, more than the memory of {describe_size(memory)}"
             )
 
-    notes = []
     for entry in sized:
         if entry["pool_mode"] == "session":
             capacity = (entry["pool_size"] + entry["reserve_pool_size"]) * processes

@@ -190,6 +190,100 @@ def test_show_config_has_the_managed_values_live(host):
         assert live["listen_addr"] == "127.0.0.1"
         assert live["auth_query"] == "SELECT username, password FROM pgbouncer.get_auth($1)"
         assert live["log_connections"] == "1" and live["log_disconnections"] == "1"
+        # molecule.yml: settings every version has, and the ones passed through.
+        assert (live["query_timeout"], live["client_idle_timeout"]) == ("900", "3600")
+        assert (live["stats_period"], live["server_check_delay"]) == ("30", "10")
+
+
+# What each version has (filter pgbouncer_features; molecule.yml): SHOW CONFIG of 1.18 has no
+# max_prepared_statements, 1.24 no transaction_timeout or query_wait_notify.
+VERSION_SETTINGS = {
+    "headroom-pgbouncer-debian12": {},
+    "headroom-pgbouncer-debian13": {"max_prepared_statements": "200"},
+    "headroom-pgbouncer-forky": {"max_prepared_statements": "200", "transaction_timeout": "600", "query_wait_notify": "3"},
+}
+
+
+def test_each_version_runs_the_version_dependent_settings_it_has(host):
+    wanted = VERSION_SETTINGS[name(host)]
+    for unit in units(host):
+        live = live_config(host, unit)
+        assert {key: live.get(key) for key in wanted} == wanted
+        # What the role leaves out is what the version lacks: its SHOW CONFIG has no such key.
+        lacking = {"max_prepared_statements", "transaction_timeout", "query_wait_notify"} - set(wanted)
+        assert not lacking & set(live), (unit, sorted(lacking & set(live)))
+        text = host.file(ini_of(unit)).content_string
+        assert not any(re.search(rf"^{key} = ", text, re.M) for key in lacking), text
+
+
+@pytest.fixture
+def prepared_host(host):
+    """PgBouncer 1.21+ keeps prepared statements across transaction pooling: Debian 13 (1.24) and forky (1.26)."""
+    if pgbouncer_version(host) < (1, 21):
+        pytest.skip("PgBouncer before 1.21 has no max_prepared_statements; the refusal is a fault on Debian 12")
+    return host
+
+
+def prepared_counts(host):
+    """Client parses and server prepares over all processes (SHOW STATS, 1.21+)."""
+    rows = [row for unit in units(host) for row in console(host, "SHOW STATS", unit) if row["database"] == "bench"]
+    return (sum(int(row["total_client_parse_count"]) for row in rows),
+            sum(int(row["total_server_parse_count"]) for row in rows))
+
+
+def test_pgbench_prepared_statements_run_through_transaction_pooling(prepared_host):
+    """pgbench -M prepared: each client prepares once and runs its statement in many transactions.
+
+    50 clients share 12 server connections per process, so their transactions land on server
+    connections that never saw the PREPARE; PgBouncer prepares it there again.
+    """
+    c = cluster(prepared_host)
+    parses_before, prepares_before = prepared_counts(prepared_host)
+    result = prepared_host.run(
+        "env PGPASSWORD=%s /usr/lib/postgresql/%s/bin/pgbench --host=127.0.0.1 --port=%s --username=bench "
+        "--no-vacuum --select-only --protocol=prepared --client=50 --jobs=2 --transactions=200 bench",
+        PASSWORD, c["version"], str(PGBOUNCER_PORT))
+    print(result.stdout)
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "number of transactions actually processed: 10000/10000" in result.stdout, result.stdout
+    assert re.search(r"^number of failed transactions: 0 \(0\.000%\)$", result.stdout, re.M), result.stdout
+    assert "does not exist" not in result.stderr, result.stderr
+    parses, prepares = prepared_counts(prepared_host)
+    print(f"client parses {parses - parses_before}, server prepares {prepares - prepares_before}")
+    # Every client parsed its statement; PgBouncer prepared it on more server connections than one.
+    assert parses - parses_before >= 50 and prepares - prepares_before > 1
+
+
+PSYCOPG_PREPARED = """
+import sys
+import psycopg
+
+# prepare_threshold 0: psycopg prepares every statement on its first execution (server-side,
+# protocol level), then only sends Bind/Execute with the prepared statement's name.
+conns = [psycopg.connect(host="127.0.0.1", port=6432, dbname="bench", user="bench", password=sys.argv[1],
+                         autocommit=True, prepare_threshold=0) for _ in range(40)]
+rows = 0
+for round_ in range(25):
+    for conn in conns:
+        rows += conn.execute("SELECT abalance FROM pgbench_accounts WHERE aid = %s", (round_ * 40 + 1,)).fetchone() is not None
+        with conn.transaction():
+            conn.execute("SELECT count(*) FROM pgbench_branches WHERE bid = %s", (1,))
+print(rows, all(conn.prepare_threshold == 0 for conn in conns))
+"""
+
+
+def test_psycopg_prepared_statements_run_through_transaction_pooling(prepared_host):
+    """psycopg 3 (Debian's python3-psycopg): 40 connections prepare on first use, 2000 statements, no error."""
+    prepared_host.check_output("cat > /tmp/psycopg_prepared.py <<'EOF'
+%s
+EOF", PSYCOPG_PREPARED)
+    parses_before, prepares_before = prepared_counts(prepared_host)
+    result = prepared_host.run("python3 /tmp/psycopg_prepared.py %s", PASSWORD)
+    assert result.rc == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["1000", "True"], result.stdout
+    parses, prepares = prepared_counts(prepared_host)
+    print(f"client parses {parses - parses_before}, server prepares {prepares - prepares_before}")
+    assert parses - parses_before >= 40 * 2 and prepares - prepares_before > 1
 
 
 def test_listens_on_loopback_and_its_socket_only(host):
@@ -777,6 +871,72 @@ def test_a_reload_that_does_not_take_puts_the_last_good_file_back(fault_host):
         str(MAX_CLIENT_CONN), str(POOL_SIZE), "600")
     assert fault_host.file(ini).sha256sum == last_good.sha256sum
     assert main_pid(fault_host, unit) == pid
+
+
+def test_settings_debian_12s_pgbouncer_lacks_are_refused_before_any_file_changes(fault_host):
+    """1.18: no prepared statements across transaction pooling (1.21), no transaction_timeout (1.25), no [peers] (1.19)."""
+    ini = "/etc/pgbouncer/pgbouncer.ini"
+    before = fault_host.file(ini).sha256sum, main_pid(fault_host, "pgbouncer.service")
+    result = playbook(fault_host, "-e", json.dumps({
+        "pgbouncer_max_prepared_statements": 200, "pgbouncer_transaction_timeout": 30, "pgbouncer_processes": 2}))
+    output = " ".join(result.stdout.split())
+    assert result.returncode != 0, output
+    for refusal in (
+        "pgbouncer_max_prepared_statements 200: PgBouncer 1.18.0 on headroom-pgbouncer-debian12 has no"
+        " max_prepared_statements (it needs 1.21 or later); set pgbouncer_max_prepared_statements: 0 and turn off the"
+        " drivers' protocol-level prepared statements",
+        "pgbouncer_transaction_timeout 30: PgBouncer 1.18.0 on headroom-pgbouncer-debian12 has no transaction_timeout"
+        " (it needs 1.25 or later)",
+        "pgbouncer_processes 2: PgBouncer 1.18.0 has no [peers] (1.19+)",
+    ):
+        assert refusal in output, output[-3000:]
+    assert (fault_host.file(ini).sha256sum, main_pid(fault_host, "pgbouncer.service")) == before
+
+
+def test_an_extra_setting_the_version_lacks_is_refused_by_the_candidate_check(fault_host):
+    """max_user_client_connections as a global setting is 1.24's: PgBouncer 1.18 cannot load a file with it."""
+    ini = "/etc/pgbouncer/pgbouncer.ini"
+    before = fault_host.file(ini).sha256sum
+    result = playbook(fault_host, "-e", json.dumps({"pgbouncer_extra_settings": {"max_user_client_connections": 50}}))
+    assert result.returncode != 0, result.stdout
+    assert "pgbouncer-check-config" in result.stdout and "unknown parameter" in result.stdout, result.stdout[-3000:]
+    assert fault_host.file(ini).sha256sum == before
+    assert "max_user_client_connections" not in live_config(fault_host, "pgbouncer.service")
+
+
+CONSOLE_RELOAD_HOST = "headroom-pgbouncer-forky"
+
+
+def test_a_console_reload_that_reports_an_error_puts_the_last_good_files_back(host):
+    """PgBouncer 1.25+ answers RELOAD with an error when the file did not load, and the role acts on it.
+
+    The file passed the candidate check; a one-shot watcher breaks process 1's file right after
+    the role wrote it, before the RELOAD (a hand edit at the wrong moment stands in for it).
+    """
+    if name(host) != CONSOLE_RELOAD_HOST:
+        pytest.skip(f"the console RELOAD fault runs on {CONSOLE_RELOAD_HOST}")
+    unit, ini = "pgbouncer@1.service", "/etc/pgbouncer/pgbouncer-1.ini"
+    last_good = host.file(ini + ".last-good").sha256sum
+    assert last_good == host.file(ini).sha256sum
+    pids = {u: main_pid(host, u) for u in units(host)}
+    host.check_output(
+        "nohup sh -c 'before=$(sha256sum < %s); i=0; while [ \"$(sha256sum < %s)\" = \"$before\" ] && [ $i -lt 1800 ]; "
+        "do sleep 0.05; i=$((i+1)); done; sed -i s/^pool_mode.*/pool_mode=bogus/ %s' >/dev/null 2>&1 &",
+        ini, ini, ini)
+    try:
+        result = playbook(host, "-e", "pgbouncer_server_idle_timeout=601")
+    finally:
+        host.run("pkill -f 'sha256sum < %s' || true", ini)
+    output = " ".join(result.stdout.split())
+    assert result.returncode != 0, output[-3000:]
+    assert "RELOAD failed, see logs for additional details" in output, output[-3000:]
+    assert "Put back and reloaded the last good /etc/pgbouncer/pgbouncer-1.ini" in output, output[-3000:]
+    assert host.file(ini).sha256sum == last_good
+    for u in units(host):
+        live = live_config(host, u)
+        assert (live["pool_mode"], live["server_idle_timeout"]) == ("transaction", "600"), (u, live)
+    # Process 2 had taken 601 from its good file; the role put its last good file back too.
+    assert {u: main_pid(host, u) for u in units(host)} == pids
 
 
 def test_a_file_descriptor_limit_below_the_sizing_is_refused(fault_host):

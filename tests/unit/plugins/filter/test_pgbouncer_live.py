@@ -6,6 +6,7 @@ from ansible_collections.headroom.pg.plugins.filter.pgbouncer_live import (
     FilterModule,
     pgbouncer_apply,
     pgbouncer_live_diff,
+    pgbouncer_reload_errors,
     pgbouncer_retired,
 )
 
@@ -28,8 +29,9 @@ def diff(units, instances=(SINGLE,)):
     return pgbouncer_live_diff(units, list(instances), SETTINGS, TARGETS, 1420, RESTART_ONLY)
 
 
-def test_the_plugin_registers_both_filters():
-    assert set(FilterModule().filters()) == {"pgbouncer_live_diff", "pgbouncer_retired", "pgbouncer_apply"}
+def test_the_plugin_registers_its_filters():
+    assert set(FilterModule().filters()) == {"pgbouncer_live_diff", "pgbouncer_retired", "pgbouncer_apply",
+                                             "pgbouncer_reload_errors"}
 
 
 @pytest.mark.parametrize(
@@ -243,3 +245,23 @@ def test_the_shares_are_compared_where_show_prints_them(sentence, users, databas
 
 def test_without_shares_the_users_are_not_read():
     assert pgbouncer_live_diff(with_shares([]), [SINGLE], SETTINGS, TARGETS, 1420, RESTART_ONLY) == []
+
+
+def test_a_console_reload_that_answered_an_error_is_a_difference_that_names_the_log():
+    reloads = {"results": [
+        {"instance": {"unit": "pgbouncer@1.service", "logfile": "/var/log/postgresql/pgbouncer-1.log"}, "rc": 1,
+         "stderr": "ERROR:  RELOAD failed, see logs for additional details\n"},
+        {"instance": {"unit": "pgbouncer@2.service", "logfile": "/var/log/postgresql/pgbouncer-2.log"}, "rc": 0,
+         "stderr": ""},
+        {"instance": {"unit": "pgbouncer@3.service"}, "skipped": True},
+    ]}
+    assert pgbouncer_reload_errors(reloads) == [{
+        "unit": "pgbouncer@1.service", "setting": "RELOAD",
+        "live": "ERROR:  RELOAD failed, see logs for additional details",
+        "wanted": "RELOAD without error (the cause is in /var/log/postgresql/pgbouncer-1.log)", "restart": False}]
+
+
+def test_no_console_reload_means_no_reload_error():
+    assert pgbouncer_reload_errors({}) == [] and pgbouncer_reload_errors({"results": []}) == []
+    with pytest.raises(AnsibleFilterError):
+        pgbouncer_reload_errors(["not", "registered"])

@@ -106,6 +106,16 @@ def test_the_plugin_registers_pgbouncer_tune():
             {"processes": 2},
         ),
         (
+            "without peers (PgBouncer before 1.19) the load still gets one process",
+            bouncer(cpus=8, expected_tps=50000, peers=False),
+            {"processes": 1, "so_reuseport": False},
+        ),
+        (
+            "processes given are kept without peers: the role refuses them with its variable's name",
+            bouncer(cpus=4, processes=2, peers=False),
+            {"processes": 2},
+        ),
+        (
             "idle clients alone do not add processes",
             bouncer(cpus=8, max_client_conn=20000),
             {"processes": 1, "max_client_conn": 20000},
@@ -360,3 +370,12 @@ def test_nofile_limit_covers_pgbouncer_own_count_when_many_named_users_share_ent
     sizing = pgbouncer_tune(bouncer(databases, auth_query=True, auth_user="pgbouncer_auth"))
     pgbouncer_count = 1000 + 10 + 5 * 20 * 11  # 10 named users and the auth user
     assert sizing["nofile_limit"] == math.ceil(pgbouncer_count * 1.1) + 100
+
+
+def test_without_peers_the_plan_says_why_it_runs_one_process():
+    notes = pgbouncer_tune(bouncer(cpus=8, expected_tps=50000, peers=False))["notes"]
+    assert notes == ["one process, although expected_tps 50000 asks for 3: this PgBouncer has no [peers] (1.19+), so with "
+                     "several processes on one port a cancel request could reach a process that does not run the query"]
+    assert pgbouncer_tune(bouncer(cpus=8, expected_tps=50000, peers=True))["notes"] == []
+    with pytest.raises(AnsibleFilterError, match="peers must be true or false"):
+        pgbouncer_tune(bouncer(peers="no"))

@@ -1,0 +1,155 @@
+"""The pgbouncer_features filter: the settings that depend on the installed PgBouncer version.
+
+Which version brought what (PgBouncer's NEWS.md; the Debian packages: 12 has 1.18, 13 has 1.24,
+forky 1.26):
+
+* ``[peers]`` and ``peer_id``, 1.19: cancel requests reach the process that runs the query. Before
+  it, several processes on one port (so_reuseport) cancel the wrong query or none, so 1.18 runs one.
+* ``max_prepared_statements``, 1.21 ("The one with prepared statements"): PgBouncer tracks
+  protocol-level prepared statements and prepares them again on whichever server connection a
+  transaction gets. Its default is 0 (off) before 1.24 and 200 from 1.24 (NEWS 1.24.0). Before
+  1.21, a driver that prepares statements (pgbench -M prepared, psycopg 3's prepare_threshold,
+  JDBC's prepareThreshold, pgx's default mode) fails in transaction pooling with "prepared
+  statement ... does not exist" as soon as its next transaction lands on another server connection.
+* SIGTERM waits for the clients to leave (rolling restarts), 1.23 (#902).
+* ``transaction_timeout`` and ``query_wait_notify``, 1.25 (#1242, #1264).
+* ``RELOAD`` on the admin console answers an error when the file did not load, 1.25 (#1231);
+  before it, RELOAD and SIGHUP answer success and run defaults from the bad line on.
+* ``query_timeout`` and ``client_idle_timeout``: every version the role supports.
+
+``pgbouncer_extra_settings`` passes any other [pgbouncer] setting through; the candidate check
+(a throwaway PgBouncer on the file) refuses a name or value the installed version does not take.
+"""
+
+import json
+import re
+
+from ansible.errors import AnsibleFilterError
+
+PEERS_VERSION = (1, 19)
+PREPARED_STATEMENTS_VERSION = (1, 21)
+ROLLING_RESTART_VERSION = (1, 23)
+CONSOLE_RELOAD_VERSION = (1, 25)
+
+#: max_prepared_statements written when the variable is unset: PgBouncer 1.24's own default
+#: ("200 ... a good starting point", pgbouncer.org config), so 1.21 to 1.23 pool drivers that prepare too.
+DEFAULT_MAX_PREPARED_STATEMENTS = 200
+
+#: Settings of the role (variable pgbouncer_<setting>) that only some versions have: the first
+#: version, and the value that means what a version without it does (so it may stay unwritten there).
+GATED = {
+    "max_prepared_statements": (PREPARED_STATEMENTS_VERSION, 0),
+    "transaction_timeout": (CONSOLE_RELOAD_VERSION, 0),
+    "query_wait_notify": (CONSOLE_RELOAD_VERSION, 0),
+}
+#: Settings of the role every supported version has.
+UNGATED = ("query_timeout", "client_idle_timeout")
+INPUTS = tuple(GATED) + UNGATED + ("extra_settings",)
+
+_SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
+# A value reaches pgbouncer.ini as it is: one line, no comment start, nothing a shell or parser cuts.
+_SETTING_VALUE = re.compile(r"^[^\n\r\x00;#]*\Z")
+_WHAT_DRIVERS_DO = "turn off the drivers' protocol-level prepared statements (README of the pgbouncer role, Prepared statements)"
+
+
+def version_tuple(version):
+    """(major, minor) of ``1.24.1``; None when PgBouncer is not installed yet (check mode on a new host)."""
+    if version is None or version == "":
+        return None
+    match = re.match(r"^([0-9]+)\.([0-9]+)", str(version))
+    if not match:
+        raise AnsibleFilterError(f"pgbouncer_features: version must look like 1.24.1, got {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _text(version):
+    return ".".join(map(str, version))
+
+
+def _int_or_none(value, variable, refusals):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        refusals.append(f"{variable} must be a whole number of 0 or more (got {json.dumps(value)}).")
+        return None
+    return int(value)
+
+
+def _extra_settings(extra, managed, refusals):
+    if not isinstance(extra, dict):
+        refusals.append(f"pgbouncer_extra_settings must be a dict of [pgbouncer] setting to value (got {json.dumps(extra)}).")
+        return {}
+    out = {}
+    for key, value in extra.items():
+        if not isinstance(key, str) or not _SETTING_NAME.match(key):
+            refusals.append(f"pgbouncer_extra_settings key {json.dumps(key)} is not a PgBouncer setting name"
+                            " (lower-case letters, digits and _).")
+        elif key in managed:
+            refusals.append(f"pgbouncer_extra_settings {key}: the role writes {key} itself, from its own variables"
+                            " (roles/pgbouncer/README.md); set it there.")
+        elif isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, (int, float)) or (isinstance(value, str) and _SETTING_VALUE.match(value)):
+            out[key] = value
+        else:
+            refusals.append(f"pgbouncer_extra_settings {key}: {json.dumps(value)} is not allowed: a number, true/false or"
+                            " one line of text without ; or #.")
+    return dict(sorted(out.items()))
+
+
+def pgbouncer_features(inputs, version, host, managed):
+    """What the installed PgBouncer takes of the version-dependent inputs, and what it refuses.
+
+    ``inputs``: the role's ``max_prepared_statements``, ``transaction_timeout``,
+    ``query_wait_notify``, ``query_timeout``, ``client_idle_timeout`` and ``extra_settings``
+    (each ``pgbouncer_<key>``; ``max_prepared_statements`` and ``query_wait_notify`` may be
+    null: PgBouncer's own choice, see DEFAULT_MAX_PREPARED_STATEMENTS); ``version``: the
+    installed PgBouncer (pgbouncer_info), None before it is installed (then nothing is refused
+    and only settings every version has are written); ``host``: named in the messages;
+    ``managed``: the [pgbouncer] settings the role writes itself (not passed through).
+
+    Returns ``settings`` (for [pgbouncer], in this order: the role's, then the extra ones),
+    ``refusals`` (messages; each names the variable, the value and what is allowed),
+    ``peers``, ``rolling_restart`` and ``console_reload`` (what this version can do), and
+    ``version`` (the text given).
+    """
+    if not isinstance(inputs, dict) or any(key not in inputs for key in INPUTS):
+        raise AnsibleFilterError(f"pgbouncer_features: inputs must hold {', '.join(INPUTS)}, got {inputs!r}")
+    running = version_tuple(version)
+    known = running is not None
+    refusals = []
+    settings = {}
+    for key in UNGATED:
+        value = _int_or_none(inputs[key], f"pgbouncer_{key}", refusals)
+        settings[key] = 0 if value is None else value
+    for key, (first, absent) in GATED.items():
+        value = _int_or_none(inputs[key], f"pgbouncer_{key}", refusals)
+        if key == "max_prepared_statements" and value is None:
+            value = DEFAULT_MAX_PREPARED_STATEMENTS if known and running >= first else absent
+        if known and running >= first:
+            if value is not None:
+                settings[key] = value
+        elif known and value not in (None, absent):
+            advice = _WHAT_DRIVERS_DO if key == "max_prepared_statements" else f"leave pgbouncer_{key} at {absent}"
+            refusals.append(
+                f"pgbouncer_{key} {value}: PgBouncer {version} on {host} has no {key} (it needs {_text(first)} or later);"
+                f" set pgbouncer_{key}: {absent} and {advice}, or install PgBouncer {_text(first)}+"
+                " (pgbouncer_apt_repository)."
+            )
+    managed = set(managed) | set(GATED) | set(UNGATED)
+    settings.update(_extra_settings(inputs["extra_settings"], managed, refusals))
+    return {
+        "settings": settings,
+        "refusals": refusals,
+        "peers": known and running >= PEERS_VERSION,
+        "rolling_restart": known and running >= ROLLING_RESTART_VERSION,
+        "console_reload": known and running >= CONSOLE_RELOAD_VERSION,
+        "version": version,
+    }
+
+
+class FilterModule:
+    """Version-dependent PgBouncer settings."""
+
+    def filters(self):
+        return {"pgbouncer_features": pgbouncer_features}
