@@ -274,11 +274,8 @@ print(rows, all(conn.prepare_threshold == 0 for conn in conns))
 
 def test_psycopg_prepared_statements_run_through_transaction_pooling(prepared_host):
     """psycopg 3 (Debian's python3-psycopg): 40 connections prepare on first use, 2000 statements, no error."""
-    prepared_host.check_output("cat > /tmp/psycopg_prepared.py <<'EOF'
-%s
-EOF", PSYCOPG_PREPARED)
     parses_before, prepares_before = prepared_counts(prepared_host)
-    result = prepared_host.run("python3 /tmp/psycopg_prepared.py %s", PASSWORD)
+    result = prepared_host.run("python3 -c %s %s", PSYCOPG_PREPARED, PASSWORD)
     assert result.rc == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["1000", "True"], result.stdout
     parses, prepares = prepared_counts(prepared_host)
