@@ -44,7 +44,7 @@ GATED = {
 }
 #: Settings of the role every supported version has.
 UNGATED = ("query_timeout", "client_idle_timeout")
-INPUTS = tuple(GATED) + UNGATED + ("extra_settings",)
+INPUTS = tuple(GATED) + UNGATED + ("extra_settings", "auth_mode")
 
 _SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
 # A value reaches pgbouncer.ini as it is: one line, no comment start, nothing a shell or parser cuts.
@@ -101,8 +101,8 @@ def pgbouncer_features(inputs, version, host, managed):
     """What the installed PgBouncer takes of the version-dependent inputs, and what it refuses.
 
     ``inputs``: the role's ``max_prepared_statements``, ``transaction_timeout``,
-    ``query_wait_notify``, ``query_timeout``, ``client_idle_timeout`` and ``extra_settings``
-    (each ``pgbouncer_<key>``; ``max_prepared_statements`` and ``query_wait_notify`` may be
+    ``query_wait_notify``, ``query_timeout``, ``client_idle_timeout``, ``extra_settings`` and
+    ``auth_mode`` (each ``pgbouncer_<key>``; ``max_prepared_statements`` and ``query_wait_notify`` may be
     null: PgBouncer's own choice, see DEFAULT_MAX_PREPARED_STATEMENTS); ``version``: the
     installed PgBouncer (pgbouncer_info), None before it is installed (then nothing is refused
     and only settings every version has are written); ``host``: named in the messages;
@@ -136,6 +136,19 @@ def pgbouncer_features(inputs, version, host, managed):
                 f" set pgbouncer_{key}: {absent} and {advice}, or install PgBouncer {_text(first)}+"
                 " (pgbouncer_apt_repository)."
             )
+    # PgBouncer's janitor times a server connection's transaction from its client's xact_start
+    # (src/janitor.c: age_transaction = now - server->link->xact_start). An auth_query lookup's
+    # client is still logging in and has none (0), so every lookup still running at a janitor
+    # tick is closed with "transaction timeout" and its client fails to log in ("SASL
+    # authentication failed"). Seen on 1.26.1 in molecule/pgbouncer: 1000 pgbench logins,
+    # "bench/pgbouncer_auth@unix:5432 closing because: transaction timeout (age=5s)".
+    if inputs["auth_mode"] == "auth_query" and settings.get("transaction_timeout"):
+        refusals.append(
+            f"pgbouncer_transaction_timeout {settings['transaction_timeout']} with pgbouncer_auth_mode auth_query: PgBouncer"
+            " times an auth_query lookup's transaction from 0 (the client is still logging in; src/janitor.c), so lookups"
+            " that meet a janitor tick are closed with \"transaction timeout\" and those logins fail (seen on 1.26.1 under"
+            " 1000 logins). Use pgbouncer_auth_mode userlist, or leave pgbouncer_transaction_timeout at 0."
+        )
     managed = set(managed) | set(GATED) | set(UNGATED)
     settings.update(_extra_settings(inputs["extra_settings"], managed, refusals))
     return {

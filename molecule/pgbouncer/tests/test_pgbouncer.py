@@ -200,7 +200,7 @@ def test_show_config_has_the_managed_values_live(host):
 VERSION_SETTINGS = {
     "headroom-pgbouncer-debian12": {},
     "headroom-pgbouncer-debian13": {"max_prepared_statements": "200"},
-    "headroom-pgbouncer-forky": {"max_prepared_statements": "200", "transaction_timeout": "600", "query_wait_notify": "3"},
+    "headroom-pgbouncer-forky": {"max_prepared_statements": "200", "transaction_timeout": "0", "query_wait_notify": "3"},
 }
 
 
@@ -242,7 +242,7 @@ def test_pgbench_prepared_statements_run_through_transaction_pooling(prepared_ho
     result = prepared_host.run(
         "env PGPASSWORD=%s /usr/lib/postgresql/%s/bin/pgbench --host=127.0.0.1 --port=%s --username=bench "
         "--no-vacuum --select-only --protocol=prepared --client=50 --jobs=2 --transactions=200 bench",
-        PASSWORD, c["version"], str(PGBOUNCER_PORT))
+        PASSWORD, str(c["version"]), str(PGBOUNCER_PORT))
     print(result.stdout)
     assert result.rc == 0, result.stdout + result.stderr
     assert "number of transactions actually processed: 10000/10000" in result.stdout, result.stdout
@@ -901,7 +901,25 @@ def test_an_extra_setting_the_version_lacks_is_refused_by_the_candidate_check(fa
     assert "max_user_client_connections" not in live_config(fault_host, "pgbouncer.service")
 
 
-CONSOLE_RELOAD_HOST = "headroom-pgbouncer-forky"
+CONSOLE_RELOAD_HOST = "headroom-pgbouncer-forky"  # PgBouncer 1.26
+
+
+def test_transaction_timeout_with_auth_query_is_refused_where_pgbouncer_has_it(host):
+    """1.26: the janitor times an auth_query lookup's transaction from 0, so the setting would fail logins under load.
+
+    Seen in this scenario before the refusal: 1000 pgbench logins through PgBouncer with
+    transaction_timeout 600 got "SASL authentication failed" and "bouncer config error", and the
+    log said "bench/pgbouncer_auth@unix:5432 closing because: transaction timeout (age=5s)".
+    """
+    if name(host) != CONSOLE_RELOAD_HOST:
+        pytest.skip(f"the PgBouncer 1.25+ refusal runs on {CONSOLE_RELOAD_HOST}")
+    before = {ini_of(u): host.file(ini_of(u)).sha256sum for u in units(host)}
+    result = playbook(host, "-e", "pgbouncer_transaction_timeout=600")
+    output = " ".join(result.stdout.split())
+    assert result.returncode != 0, output[-3000:]
+    assert "pgbouncer_transaction_timeout 600 with pgbouncer_auth_mode auth_query:" in output, output[-3000:]
+    assert {ini: host.file(ini).sha256sum for ini in before} == before
+    assert all(live_config(host, u)["transaction_timeout"] == "0" for u in units(host))
 
 
 def test_a_console_reload_that_reports_an_error_puts_the_last_good_files_back(host):

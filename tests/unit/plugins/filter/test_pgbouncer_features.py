@@ -6,7 +6,7 @@ from ansible_collections.headroom.pg.plugins.filter.pgbouncer_features import Fi
 
 # The role's defaults (roles/pgbouncer/defaults/main.yml).
 DEFAULTS = {"max_prepared_statements": None, "transaction_timeout": 0, "query_wait_notify": None,
-            "query_timeout": 0, "client_idle_timeout": 0, "extra_settings": {}}
+            "query_timeout": 0, "client_idle_timeout": 0, "extra_settings": {}, "auth_mode": "userlist"}
 MANAGED = ["pool_mode", "max_client_conn", "unix_socket_dir"]
 
 
@@ -116,3 +116,12 @@ def test_inputs_must_be_complete_and_versions_must_look_like_versions():
         pgbouncer_features({"query_timeout": 0}, "1.26.1", "pgb1", MANAGED)
     with pytest.raises(AnsibleFilterError, match="version must look like 1.24.1"):
         features("latest")
+
+
+def test_transaction_timeout_with_auth_query_is_refused_because_pgbouncer_times_out_the_lookups():
+    result = features("1.26.1", transaction_timeout=600, auth_mode="auth_query")
+    assert len(result["refusals"]) == 1
+    assert result["refusals"][0].startswith("pgbouncer_transaction_timeout 600 with pgbouncer_auth_mode auth_query:")
+    assert "Use pgbouncer_auth_mode userlist" in result["refusals"][0]
+    assert features("1.26.1", transaction_timeout=0, auth_mode="auth_query")["refusals"] == []
+    assert features("1.26.1", transaction_timeout=600, auth_mode="userlist")["refusals"] == []
