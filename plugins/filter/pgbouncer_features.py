@@ -44,7 +44,7 @@ GATED = {
 }
 #: Settings of the role every supported version has.
 UNGATED = ("query_timeout", "client_idle_timeout")
-INPUTS = tuple(GATED) + UNGATED + ("extra_settings", "auth_mode")
+INPUTS = tuple(GATED) + UNGATED + ("extra_settings", "auth_mode", "processes")
 
 _SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
 # A value reaches pgbouncer.ini as it is: one line, no comment start, nothing a shell or parser cuts.
@@ -58,7 +58,7 @@ def version_tuple(version):
         return None
     match = re.match(r"^([0-9]+)\.([0-9]+)", str(version))
     if not match:
-        raise AnsibleFilterError(f"pgbouncer_features: version must look like 1.24.1, got {version!r}")
+        raise AnsibleFilterError(f"the PgBouncer version must look like 1.24.1, got {version!r}")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -101,8 +101,8 @@ def pgbouncer_features(inputs, version, host, managed):
     """What the installed PgBouncer takes of the version-dependent inputs, and what it refuses.
 
     ``inputs``: the role's ``max_prepared_statements``, ``transaction_timeout``,
-    ``query_wait_notify``, ``query_timeout``, ``client_idle_timeout``, ``extra_settings`` and
-    ``auth_mode`` (each ``pgbouncer_<key>``; ``max_prepared_statements`` and ``query_wait_notify`` may be
+    ``query_wait_notify``, ``query_timeout``, ``client_idle_timeout``, ``extra_settings``,
+    ``auth_mode`` and ``processes`` (each ``pgbouncer_<key>``; ``max_prepared_statements`` and ``query_wait_notify`` may be
     null: PgBouncer's own choice, see DEFAULT_MAX_PREPARED_STATEMENTS); ``version``: the
     installed PgBouncer (pgbouncer_info), None before it is installed (then nothing is refused
     and only settings every version has are written); ``host``: named in the messages;
@@ -148,6 +148,12 @@ def pgbouncer_features(inputs, version, host, managed):
             " times an auth_query lookup's transaction from 0 (the client is still logging in; src/janitor.c), so lookups"
             " that meet a janitor tick are closed with \"transaction timeout\" and those logins fail (seen on 1.26.1 under"
             " 1000 logins). Use pgbouncer_auth_mode userlist, or leave pgbouncer_transaction_timeout at 0."
+        )
+    processes = _int_or_none(inputs["processes"], "pgbouncer_processes", refusals) or 0
+    if known and running < PEERS_VERSION and processes > 1:
+        refusals.append(
+            f"pgbouncer_processes {processes}: PgBouncer {version} has no [peers] ({_text(PEERS_VERSION)}+), so with several"
+            " processes on one port a cancel request can reach a process that does not run the query; set 0 or 1."
         )
     managed = set(managed) | set(GATED) | set(UNGATED)
     settings.update(_extra_settings(inputs["extra_settings"], managed, refusals))

@@ -20,25 +20,14 @@ src/client.c, and runs of the Debian packages in the lab images):
   so this needs no warning (the file names them in a comment).
 """
 
-import re
-
 from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_features import version_tuple
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import user_shares
 
 #: max_user_client_connections and max_db_client_connections exist from this version on.
 CLIENT_LIMITS_VERSION = (1, 24)
 #: Users on [users] lines are looked up with auth_query from this version on.
 USERS_WITH_AUTH_QUERY_VERSION = (1, 23)
-
-
-def _version(version):
-    """(major, minor) of ``1.24.1``; None (not installed yet, e.g. check mode) counts as the oldest."""
-    if version is None or version == "":
-        return (0, 0)
-    match = re.match(r"^([0-9]+)\.([0-9]+)", str(version))
-    if not match:
-        raise AnsibleFilterError(f"pgbouncer_shares: version must look like 1.24.1, got {version!r}")
-    return int(match.group(1)), int(match.group(2))
 
 
 def _limits(limits, variable):
@@ -65,7 +54,8 @@ def pgbouncer_shares(sizing, databases, version, user_client_limits, database_cl
         raise AnsibleFilterError(f"pgbouncer_shares: sizing must be the result of pgbouncer_tune, got {sizing!r}")
     user_client_limits = _limits(user_client_limits, "pgbouncer_user_client_limits")
     database_client_limits = _limits(database_client_limits, "pgbouncer_database_client_limits")
-    running = _version(version)
+    # Not installed yet (check mode) counts as the oldest.
+    running = version_tuple(version) or (0, 0)
     client_limits = running >= CLIENT_LIMITS_VERSION
     shares = user_shares(sizing["databases"], databases, auth_user or None)
     # Before 1.23 only the auth user may have a line in auth_query mode (module docstring).

@@ -6,7 +6,8 @@ from ansible_collections.headroom.pg.plugins.filter.pgbouncer_features import Fi
 
 # The role's defaults (roles/pgbouncer/defaults/main.yml).
 DEFAULTS = {"max_prepared_statements": None, "transaction_timeout": 0, "query_wait_notify": None,
-            "query_timeout": 0, "client_idle_timeout": 0, "extra_settings": {}, "auth_mode": "userlist"}
+            "query_timeout": 0, "client_idle_timeout": 0, "extra_settings": {}, "auth_mode": "userlist",
+            "processes": 0}
 MANAGED = ["pool_mode", "max_client_conn", "unix_socket_dir"]
 
 
@@ -125,3 +126,11 @@ def test_transaction_timeout_with_auth_query_is_refused_because_pgbouncer_times_
     assert "Use pgbouncer_auth_mode userlist" in result["refusals"][0]
     assert features("1.26.1", transaction_timeout=0, auth_mode="auth_query")["refusals"] == []
     assert features("1.26.1", transaction_timeout=600, auth_mode="userlist")["refusals"] == []
+
+
+def test_several_processes_are_refused_without_peers():
+    assert features("1.18.0", processes=2)["refusals"] == [
+        "pgbouncer_processes 2: PgBouncer 1.18.0 has no [peers] (1.19+), so with several processes on one port a cancel"
+        " request can reach a process that does not run the query; set 0 or 1."]
+    assert features("1.18.0", processes=1)["refusals"] == [] and features("1.24.1", processes=2)["refusals"] == []
+    assert features(None, processes=2)["refusals"] == []
