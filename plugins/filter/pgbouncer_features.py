@@ -16,6 +16,12 @@ forky 1.26):
 * ``RELOAD`` on the admin console answers an error when the file did not load, 1.25 (#1231);
   before it, RELOAD and SIGHUP answer success and run defaults from the bad line on.
 * ``query_timeout`` and ``client_idle_timeout``: every version the role supports.
+* A user's own settings on its ``[users]`` line (``pgbouncer_user_settings``, USER_SETTINGS):
+  ``pool_mode`` on every version, ``pool_size`` from 1.23 (#1049), ``reserve_pool_size``,
+  ``query_timeout``, ``idle_transaction_timeout`` and ``client_idle_timeout`` from 1.24
+  (#1180, #1228, #1188, #1189), ``transaction_timeout`` from 1.25 (#1242) and
+  ``query_wait_timeout`` from 1.26 (#1449). An unknown key fails the whole file
+  ("unrecognized user parameter", src/loader.c), so each is refused before the version has it.
 
 ``pgbouncer_extra_settings`` passes any other [pgbouncer] setting through; the candidate check
 (a throwaway PgBouncer on the file) refuses a name or value the installed version does not take.
@@ -42,11 +48,29 @@ GATED = {
     "transaction_timeout": (CONSOLE_RELOAD_VERSION, 0),
     "query_wait_notify": (CONSOLE_RELOAD_VERSION, 0),
 }
+#: The settings a [users] line may hold (pgbouncer_user_settings) and the first version with each;
+#: None: every version the role supports. The two limits are the shares' (pgbouncer_shares).
+USER_SETTINGS = {
+    "pool_mode": None,
+    "pool_size": ROLLING_RESTART_VERSION,
+    "reserve_pool_size": (1, 24),
+    "query_timeout": (1, 24),
+    "idle_transaction_timeout": (1, 24),
+    "client_idle_timeout": (1, 24),
+    "transaction_timeout": CONSOLE_RELOAD_VERSION,
+    "query_wait_timeout": (1, 26),
+}
+USER_SHARE_SETTINGS = ("max_user_connections", "max_user_client_connections")
+POOL_MODES = ("session", "transaction", "statement")
+#: Before 1.23 a [users] line stops auth_query for that user (pgbouncer_shares).
+USERS_WITH_AUTH_QUERY_VERSION = (1, 23)
 #: Settings of the role every supported version has.
 UNGATED = ("query_timeout", "client_idle_timeout")
-INPUTS = tuple(GATED) + UNGATED + ("extra_settings", "auth_mode", "processes")
+INPUTS = tuple(GATED) + UNGATED + ("extra_settings", "user_settings", "auth_mode", "processes")
 
 _SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
+# A PostgreSQL role name as a [users] key: PgBouncer reads the key up to "=" or a space.
+_USER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\Z")
 # A value reaches pgbouncer.ini as it is: one line, no comment start, nothing a shell or parser cuts.
 _SETTING_VALUE = re.compile(r"^[^\n\r\x00;#]*\Z")
 _WHAT_DRIVERS_DO = "turn off the drivers' protocol-level prepared statements (README of the pgbouncer role, Prepared statements)"
@@ -97,18 +121,57 @@ def _extra_settings(extra, managed, refusals):
     return dict(sorted(out.items()))
 
 
+def _user_settings(given, version, running, host, auth_mode, refusals):
+    """The [users] settings of pgbouncer_user_settings this version takes, {user: {setting: value}}, sorted."""
+    if not isinstance(given, dict) or any(not isinstance(settings, dict) for settings in given.values()):
+        refusals.append(f"pgbouncer_user_settings must be a dict of user to a dict of its settings (got {json.dumps(given)}).")
+        return {}
+    out = {}
+    for user, settings in given.items():
+        variable = f"pgbouncer_user_settings {json.dumps(user)}"
+        if not isinstance(user, str) or not _USER_NAME.match(user):
+            refusals.append(f"{variable}: not a role name PgBouncer can read as a [users] key (letters, digits, _ . -).")
+            continue
+        if (settings and auth_mode == "auth_query" and running is not None
+                and running < USERS_WITH_AUTH_QUERY_VERSION):
+            refusals.append(
+                f"{variable}: PgBouncer {version} on {host} stops auth_query logins of a user with a [users] line (before"
+                f" {_text(USERS_WITH_AUTH_QUERY_VERSION)}); use pgbouncer_auth_mode userlist, or leave the user out.")
+            continue
+        for key, value in settings.items():
+            if key in USER_SHARE_SETTINGS:
+                refusals.append(f"{variable} {key}: the role sets {key} from the application's share (pgbouncer_shares:"
+                                " the sizing engine and pgbouncer_user_client_limits); set it there.")
+            elif key not in USER_SETTINGS:
+                refusals.append(f"{variable} {json.dumps(key)}: not a [users] setting; allowed: {', '.join(USER_SETTINGS)}.")
+            elif running is not None and USER_SETTINGS[key] is not None and running < USER_SETTINGS[key]:
+                refusals.append(f"{variable} {key}: PgBouncer {version} on {host} has no per-user {key} (it needs"
+                                f" {_text(USER_SETTINGS[key])} or later), and the file would not load with it.")
+            elif key == "pool_mode":
+                if value in POOL_MODES:
+                    out.setdefault(user, {})[key] = value
+                else:
+                    refusals.append(f"{variable} pool_mode {json.dumps(value)}: allowed: {', '.join(POOL_MODES)}.")
+            else:
+                number = _int_or_none(value, f"{variable} {key}", refusals)
+                if number is not None:
+                    out.setdefault(user, {})[key] = number
+    return {user: dict(sorted(settings.items())) for user, settings in sorted(out.items())}
+
+
 def pgbouncer_features(inputs, version, host, managed):
     """What the installed PgBouncer takes of the version-dependent inputs, and what it refuses.
 
     ``inputs``: the role's ``max_prepared_statements``, ``transaction_timeout``,
     ``query_wait_notify``, ``query_timeout``, ``client_idle_timeout``, ``extra_settings``,
-    ``auth_mode`` and ``processes`` (each ``pgbouncer_<key>``; ``max_prepared_statements`` and ``query_wait_notify`` may be
+    ``user_settings``, ``auth_mode`` and ``processes`` (each ``pgbouncer_<key>``; ``max_prepared_statements`` and ``query_wait_notify`` may be
     null: PgBouncer's own choice, see DEFAULT_MAX_PREPARED_STATEMENTS); ``version``: the
     installed PgBouncer (pgbouncer_info), None before it is installed (then nothing is refused
     and only settings every version has are written); ``host``: named in the messages;
     ``managed``: the [pgbouncer] settings the role writes itself (not passed through).
 
     Returns ``settings`` (for [pgbouncer], in this order: the role's, then the extra ones),
+    ``user_settings`` (for [users]: {user: {setting: value}}; pgbouncer_shares adds the shares),
     ``refusals`` (messages; each names the variable, the value and what is allowed),
     ``peers``, ``rolling_restart`` and ``console_reload`` (what this version can do), and
     ``version`` (the text given).
@@ -157,8 +220,10 @@ def pgbouncer_features(inputs, version, host, managed):
         )
     managed = set(managed) | set(GATED) | set(UNGATED)
     settings.update(_extra_settings(inputs["extra_settings"], managed, refusals))
+    user_settings = _user_settings(inputs["user_settings"], version, running, host, inputs["auth_mode"], refusals)
     return {
         "settings": settings,
+        "user_settings": user_settings,
         "refusals": refusals,
         "peers": known and running >= PEERS_VERSION,
         "rolling_restart": known and running >= ROLLING_RESTART_VERSION,

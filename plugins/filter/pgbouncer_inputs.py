@@ -50,6 +50,7 @@ MINIMUMS = (
     ("transaction_timeout", 0),
     ("query_wait_notify", 0),
     ("max_prepared_statements", 0),
+    ("drain_timeout", 1),
 )
 
 INPUTS = (

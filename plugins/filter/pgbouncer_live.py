@@ -38,24 +38,28 @@ def _unit(units, name):
 
 
 #: The client and user limits of pgbouncer_shares and the SHOW columns that print them (1.23+/1.24+;
-#: 1.18 prints none, so nothing is compared there). An unset limit prints as 0.
+#: 1.18 prints none, so nothing is compared there), and how an unset one prints: a limit as 0, a
+#: user's own pool setting (pgbouncer_user_settings, SHOW USERS of 1.23+) as empty.
 _SHARE_COLUMNS = (
-    ("users", "name", "max_user_connections", "max_user_connections"),
-    ("users", "name", "max_user_client_connections", "max_user_client_connections"),
-    ("databases", "name", "max_db_client_connections", "max_client_connections"),
+    ("users", "name", "max_user_connections", "max_user_connections", 0),
+    ("users", "name", "max_user_client_connections", "max_user_client_connections", 0),
+    ("users", "name", "pool_size", "pool_size", ""),
+    ("users", "name", "reserve_pool_size", "reserve_pool_size", ""),
+    ("users", "name", "pool_mode", "pool_mode", ""),
+    ("databases", "name", "max_db_client_connections", "max_client_connections", 0),
 )
 
 
 def _share_differences(unit_name, unit, shares):
     out = []
-    for show, key, setting, column in _SHARE_COLUMNS:
+    for show, key, setting, column, unset in _SHARE_COLUMNS:
         rows = {row.get(key): row for row in unit.get(show) or []}
         for name, planned in (shares.get(show) or {}).items():
             row = rows.get(name)
             if row is not None and column not in row:
                 continue  # this version does not print the limit
             live = _text(row.get(column)) if row is not None else ""
-            wanted = _text(planned.get(setting, 0))
+            wanted = _text(planned.get(setting, unset))
             if live != wanted:
                 out.append({"unit": unit_name, "setting": f"{name}.{setting}", "live": live, "wanted": wanted,
                             "restart": False})
@@ -72,7 +76,8 @@ def pgbouncer_live_diff(units, instances, settings, databases, nofile_limit, res
     ``shares``: pgbouncer_shares' ``users`` and ``databases`` (SHOW USERS and SHOW DATABASES
     compared where the version prints the limits; a RELOAD applies them).
     Each difference is ``{unit, setting, live, wanted, restart}`` with ``live`` and ``wanted``
-    as text, except LimitNOFILE's, which are the numbers. A process that does not run has no
+    as text, except LimitNOFILE's, which are the numbers; setting ``program`` means the
+    package was upgraded under the running process. A process that does not run has no
     live values, so every value differs.
     """
     restart_only = set(restart_only)
@@ -89,6 +94,10 @@ def pgbouncer_live_diff(units, instances, settings, databases, nofile_limit, res
         if nofile is None or int(nofile) != int(nofile_limit):
             out.append({"unit": instance["unit"], "setting": "LimitNOFILE", "live": nofile,
                         "wanted": nofile_limit, "restart": True})
+        # A package upgrade replaced the program under the running process.
+        if _unit(units, instance["unit"]).get("program_replaced"):
+            out.append({"unit": instance["unit"], "setting": "program", "live": "replaced on disk since start",
+                        "wanted": "the installed one", "restart": True})
     for instance in instances:
         pools = {row["name"]: row["pool_size"] for row in _unit(units, instance["unit"]).get("databases") or []}
         for db in databases:

@@ -11,6 +11,11 @@ src/client.c, and runs of the Debian packages in the lab images):
   connections exceeded (max_user_client_connections)`` (or ``(max_db_client_connections)``).
   1.18 refuses the whole file on either ("unrecognized user parameter",
   "unrecognized connection parameter"), so they are left out there and named in a warning.
+* A user's own settings (pgbouncer_features' ``user_settings``) join its line. A per-user
+  ``pool_size`` replaces the entry's for that user's pools (``pool_pool_size`` in src/server.c),
+  and so does ``reserve_pool_size``: the budget counts every pool at its entry's size, so they
+  may only shrink a pool (at most the smallest entry's), or the server would get more
+  connections than planned. Larger ones are refused.
 * Before 1.23, a user on a ``[users]`` line is a known user with an empty password
   (``parse_user`` calls ``add_user(name, "")``), so auth_query is never run for it and every
   login fails with "SASL authentication failed" (seen on 1.18). 1.23 marks such users'
@@ -21,13 +26,13 @@ src/client.c, and runs of the Debian packages in the lab images):
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.filter.pgbouncer_features import version_tuple
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_features import USERS_WITH_AUTH_QUERY_VERSION, version_tuple
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import user_shares
 
 #: max_user_client_connections and max_db_client_connections exist from this version on.
 CLIENT_LIMITS_VERSION = (1, 24)
-#: Users on [users] lines are looked up with auth_query from this version on.
-USERS_WITH_AUTH_QUERY_VERSION = (1, 23)
+#: The per-user settings that size a user's pools, and the entry setting each may not exceed.
+POOL_SETTINGS = ("pool_size", "reserve_pool_size")
 
 
 def _limits(limits, variable):
@@ -38,7 +43,8 @@ def _limits(limits, variable):
     return dict(sorted(limits.items()))
 
 
-def pgbouncer_shares(sizing, databases, version, user_client_limits, database_client_limits, auth_user, host):
+def pgbouncer_shares(sizing, databases, version, user_client_limits, database_client_limits, auth_user, host,
+                     user_settings=None):
     """The [users] lines, the [databases] additions and one warning for what this version cannot enforce.
 
     ``sizing``: the result of pgbouncer_tune; ``databases``: the entries of its spec (the role's
@@ -46,9 +52,11 @@ def pgbouncer_shares(sizing, databases, version, user_client_limits, database_cl
     ``user_client_limits`` and ``database_client_limits``: the role's
     ``pgbouncer_user_client_limits`` and ``pgbouncer_database_client_limits`` (pgbouncer_refusals
     checked them); ``auth_user``: the auth_query lookup user, empty in userlist mode; ``host``:
-    named in the warning. Returns ``users`` ({user: {setting: value}}, sorted), ``databases``
+    named in the warning; ``user_settings``: pgbouncer_features' ``user_settings``.
+    Returns ``users`` ({user: {setting: value}}, sorted), ``databases``
     ({entry: {setting: value}}), ``client_limits`` (this version takes the client settings),
-    ``unlisted_users`` (named users left out of [users]) and ``warning`` (one message, or empty).
+    ``unlisted_users`` (named users left out of [users]), ``warning`` (one message, or empty)
+    and ``refusals`` (per-user pool settings above the entries' pools).
     """
     if not isinstance(sizing, dict) or not isinstance(sizing.get("databases"), list):
         raise AnsibleFilterError(f"pgbouncer_shares: sizing must be the result of pgbouncer_tune, got {sizing!r}")
@@ -69,6 +77,18 @@ def pgbouncer_shares(sizing, databases, version, user_client_limits, database_cl
         for name, limit in database_client_limits.items():
             entries[name]["max_db_client_connections"] = limit
 
+    refusals = []
+    for user, settings in (user_settings or {}).items():
+        for key in POOL_SETTINGS:
+            smallest = min((int(entry[key]) for entry in sizing["databases"]), default=0)
+            if key in settings and int(settings[key]) > smallest:
+                refusals.append(
+                    f"pgbouncer_user_settings \"{user}\" {key} {settings[key]}: above {smallest}, the smallest {key} of"
+                    f" the database entries on {host}. The budget counts every pool at its entry's size, so a larger"
+                    f" per-user {key} would open more server connections than planned; raise the entries' pools"
+                    " (pgbouncer_databases, the allowance) or set at most that.")
+        users.setdefault(user, {}).update(settings)
+
     # One message for both variables: the version, the setting it lacks, who is not held, the variable.
     missing = []
     if not client_limits and user_client_limits:
@@ -86,6 +106,7 @@ def pgbouncer_shares(sizing, databases, version, user_client_limits, database_cl
         "client_limits": client_limits,
         "unlisted_users": unlisted,
         "warning": warning,
+        "refusals": refusals,
     }
 
 

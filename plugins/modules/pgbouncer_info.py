@@ -135,6 +135,11 @@ units:
     nofile:
       description: Soft limit of open files of the process (C(/proc/PID/limits)).
       type: int
+    program_replaced:
+      description:
+        - Whether the program the process runs was replaced on disk since it started (C(/proc/PID/exe)
+          ends in C( (deleted)), as after a package upgrade); only a restart runs the new one.
+      type: bool
     config:
       description: C(SHOW CONFIG) as a dict of key to value, when O(show) has C(config).
       type: dict
@@ -168,6 +173,7 @@ units:
       running: true
       socket: /var/run/postgresql/.s.PGSQL.6432
       nofile: 1420
+      program_replaced: false
       config: {pool_mode: transaction, max_client_conn: "1200"}
       databases: [{name: bench, pool_size: "12"}]
       pools: [{database: bench, user: bench, sv_idle: "3"}]
@@ -254,6 +260,7 @@ def read_process(module, unit, show, fd_report):
     console = Console(module, pid)
     unit["socket"] = console.socket
     unit["nofile"] = nofile_limit(read_file("/proc/%d/limits" % pid))
+    unit["program_replaced"] = program_replaced(pid)
     results = console.show(show)
     if "config" in results:
         unit["config"] = dict((row["key"], row["value"]) for row in results["config"])
@@ -267,6 +274,14 @@ def read_process(module, unit, show, fd_report):
                 unit["fd_report"] = parse_fd_report(last_line_with(logfile, FD_REPORT_MARKER))
             except OSError as err:
                 module.fail_json(msg="cannot read the log file %s of %s: %s" % (logfile, pid, err))
+
+
+def program_replaced(pid):
+    """Whether the process runs a program that is no longer on disk: dpkg renames the new one over it."""
+    try:
+        return os.readlink("/proc/%d/exe" % pid).endswith(" (deleted)")
+    except OSError:
+        return False
 
 
 def read_config_value(console, key):
@@ -291,7 +306,7 @@ def main():
     units = units_of(module, params["units"])
     for name in sorted(units):
         # Every unit has every field: empty ones when no process runs.
-        units[name].update(socket=None, nofile=None, config={}, databases=[], pools=[], users=[], fd_report=None)
+        units[name].update(socket=None, nofile=None, program_replaced=False, config={}, databases=[], pools=[], users=[], fd_report=None)
         if units[name]["running"]:
             read_process(module, units[name], show, params["fd_report"])
     module.exit_json(

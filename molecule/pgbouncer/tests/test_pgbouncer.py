@@ -447,6 +447,16 @@ def test_candidate_check_refuses_a_file_pgbouncer_cannot_load(host, edit, loads)
 # 1.24+ also holds leaky to 5 client connections per process; 1.18 cannot (and before 1.23 a
 # [users] line would stop auth_query for the user, so only the auth user has one there).
 USER_SHARE = POOL_SIZE + RESERVE_POOL_SIZE
+# host_vars pgbouncer_user_settings in molecule.yml: each user's own [users] settings, in the order
+# the role writes them (sorted) after the shares.
+USER_SETTINGS = {
+    "headroom-pgbouncer-debian12": {},
+    "headroom-pgbouncer-debian13": {
+        "leaky": "client_idle_timeout=1800 idle_transaction_timeout=30 pool_size=4 query_timeout=1 reserve_pool_size=1"},
+    "headroom-pgbouncer-forky": {
+        "bench": "transaction_timeout=600",
+        "leaky": "pool_size=4 query_timeout=1 query_wait_timeout=30 reserve_pool_size=1 transaction_timeout=2"},
+}
 LEAKY_CLIENT_LIMIT = 5
 BENCH_CLIENT_LIMIT = 1100
 CLIENT_LIMIT_REFUSAL = "client connections exceeded (max_user_client_connections)"
@@ -471,9 +481,11 @@ def ini_sections(host, unit):
 
 def test_the_users_section_holds_each_users_share(host):
     client_limits = pgbouncer_version(host) >= (1, 24)
+    own = {user: " " + settings for user, settings in USER_SETTINGS[name(host)].items()}
     if client_limits:
-        users = [f"bench = max_user_connections={USER_SHARE}",
-                 f"leaky = max_user_connections={USER_SHARE} max_user_client_connections={LEAKY_CLIENT_LIMIT}",
+        users = [f"bench = max_user_connections={USER_SHARE}{own.get('bench', '')}",
+                 f"leaky = max_user_connections={USER_SHARE} max_user_client_connections={LEAKY_CLIENT_LIMIT}"
+                 f"{own.get('leaky', '')}",
                  f"pgbouncer_auth = max_user_connections={USER_SHARE}"]
     else:
         users = [f"pgbouncer_auth = max_user_connections={USER_SHARE}"]
@@ -494,6 +506,25 @@ def test_the_users_section_holds_each_users_share(host):
         else:
             # 1.18 prints no limits in SHOW USERS; the auth user's line made it a known user.
             assert "pgbouncer_auth" in live and "max_user_connections" not in live["pgbouncer_auth"], live
+
+
+def test_a_users_own_settings_are_live(multi_host):
+    """pgbouncer_user_settings: leaky's pool of 4 + 1 in SHOW USERS, and its own query_timeout of 1 s
+    (bench keeps the global 900); on 1.26 leaky's transaction_timeout of 2 s too. bench's own
+    transaction_timeout (600) on 1.26 is the auth_query-safe kind: the storm's 1000 logins pass with it."""
+    host = multi_host
+    for unit in units(host):
+        leaky = next(row for row in console(host, "SHOW USERS", unit) if row["name"] == "leaky")
+        assert (leaky["pool_size"], leaky["reserve_pool_size"]) == ("4", "1"), leaky
+    psql = f"env PGPASSWORD={PASSWORD} PGCONNECT_TIMEOUT=10 timeout 30 psql -XAtq -h 127.0.0.1 -p {PGBOUNCER_PORT} -d bench"
+    slow = host.run(f"{psql} -U leaky -c 'SELECT pg_sleep(3)'")
+    assert slow.rc != 0 and "query timeout" in slow.stderr, slow.stderr
+    assert host.run(f"{psql} -U bench -c 'SELECT pg_sleep(2)'").rc == 0
+    if pgbouncer_version(host) >= (1, 25):
+        # One transaction (-1) of five statements, each shorter than the query_timeout.
+        steps = " ".join(["-c 'SELECT pg_sleep(0.7)'"] * 5)
+        long = host.run(f"{psql} -1 -U leaky {steps}")
+        assert long.rc != 0 and "transaction timeout" in long.stderr, long.stderr
 
 
 def leaky_clients(host, unit):
@@ -792,11 +823,12 @@ def test_dropping_processes_without_pgbouncer_allow_restart_is_refused(host):
 
 
 def test_changing_the_number_of_processes_runs_exactly_the_new_ones(host):
-    """2 -> 1 (autobase#861: the numbered processes kept the port), 1 -> 2, 2 -> 3, 3 -> 1, back to 2."""
+    """Every kind of change once: 2 -> 3 (N -> M up), 3 -> 2 (N -> M down), 2 -> 1 (autobase#861: the
+    numbered processes kept the port), and back 1 -> 2 (1 -> N)."""
     if name(host) != RESIZE_HOST:
         pytest.skip(f"the resize runs on {RESIZE_HOST}")
     try:
-        for processes in (1, 2, 3, 1):
+        for processes in (3, 2, 1):
             result = playbook(host, "-e", f"pgbouncer_processes={processes}", "-e", "pgbouncer_allow_restart=true",
                               path=SCENARIO / "resize.yml")
             assert result.returncode == 0, (processes, result.stdout[-3000:])
@@ -871,11 +903,13 @@ def test_a_reload_that_does_not_take_puts_the_last_good_file_back(fault_host):
 
 
 def test_settings_debian_12s_pgbouncer_lacks_are_refused_before_any_file_changes(fault_host):
-    """1.18: no prepared statements across transaction pooling (1.21), no transaction_timeout (1.25), no [peers] (1.19)."""
+    """1.18: no prepared statements across transaction pooling (1.21), no transaction_timeout (1.25), no [peers] (1.19),
+    and no [users] line beside auth_query (1.23)."""
     ini = "/etc/pgbouncer/pgbouncer.ini"
     before = fault_host.file(ini).sha256sum, main_pid(fault_host, "pgbouncer.service")
     result = playbook(fault_host, "-e", json.dumps({
-        "pgbouncer_max_prepared_statements": 200, "pgbouncer_transaction_timeout": 30, "pgbouncer_processes": 2}))
+        "pgbouncer_max_prepared_statements": 200, "pgbouncer_transaction_timeout": 30, "pgbouncer_processes": 2,
+        "pgbouncer_user_settings": {"leaky": {"pool_size": 4}}}))
     output = " ".join(result.stdout.split())
     assert result.returncode != 0, output
     for refusal in (
@@ -885,6 +919,8 @@ def test_settings_debian_12s_pgbouncer_lacks_are_refused_before_any_file_changes
         "pgbouncer_transaction_timeout 30: PgBouncer 1.18.0 on headroom-pgbouncer-debian12 has no transaction_timeout"
         " (it needs 1.25 or later)",
         "pgbouncer_processes 2: PgBouncer 1.18.0 has no [peers] (1.19+)",
+        'pgbouncer_user_settings "leaky": PgBouncer 1.18.0 on headroom-pgbouncer-debian12 stops auth_query logins of a'
+        " user with a [users] line (before 1.23)",
     ):
         assert refusal in output, output[-3000:]
     assert (fault_host.file(ini).sha256sum, main_pid(fault_host, "pgbouncer.service")) == before
@@ -1039,3 +1075,85 @@ def test_no_secret_reaches_any_log(fault_host):
     for where, text in logs.items():
         for secret in (canary, verifier, stored_key, server_key):
             assert secret not in text, f"a secret of the canary role is in the {where} output"
+
+
+# Zero-downtime restart (PgBouncer 1.23+, several processes on so_reuseport). Last on its
+# hosts: it leaves them as converge left them, running the same program from a new inode.
+def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_client_error(multi_host):
+    """dpkg renames the new program over the old one; a rename stands in for the upgrade here.
+
+    During the run, clients that connect for every transaction (pgbench --connect, again and
+    again) and clients that stay connected (pgbench for 20 s) go through PgBouncer, and a
+    sampler counts the listeners on the port every 0.1 s. One idle session outstays
+    pgbouncer_drain_timeout (group_vars: 20 s), so one process is stopped by systemd.
+    """
+    host = multi_host
+    pgbench_bin = f"/usr/lib/postgresql/{cluster(host)['version']}/bin/pgbench"
+    target = f"env PGPASSWORD={PASSWORD} PGCONNECT_TIMEOUT=10 {pgbench_bin} -h 127.0.0.1 -p {PGBOUNCER_PORT} -U bench"
+    pids = {u: main_pid(host, u) for u in units(host)}
+    host.check_output("cp -p /usr/sbin/pgbouncer /usr/sbin/pgbouncer.new && mv /usr/sbin/pgbouncer.new /usr/sbin/pgbouncer")
+    assert all(host.check_output("readlink /proc/%s/exe", str(pid)).endswith("(deleted)") for pid in pids.values())
+    started = host.check_output("date +%s")
+    host.check_output("bash -c %s", f"""
+        rm -rf /tmp/rolling; mkdir /tmp/rolling; touch /tmp/rolling/running; cd /tmp/rolling
+        # the listeners on the port, every 0.1 s
+        nohup sh -c 'while [ -e running ]; do ss -Hltn "sport = :{PGBOUNCER_PORT}" | wc -l >> listeners; sleep 0.1; done' \
+          >/dev/null 2>&1 &
+        # a new connection for every transaction, in 3 s runs until the role is done
+        nohup sh -c 'i=0; while [ -e running ]; do i=$((i+1)); {target} --connect --no-vacuum --select-only \
+          --client=4 --jobs=2 --time=3 bench > connect-$i.out 2>&1; echo $? > connect-$i.rc; done' >/dev/null 2>&1 &
+        # connected for 20 s
+        nohup sh -c '{target} --no-vacuum --select-only --client=8 --jobs=2 --time=20 bench > persistent.out 2>&1; \
+          echo $? > persistent.rc; date +%s.%N > persistent.end' >/dev/null 2>&1 &
+        # idle, for longer than pgbouncer_drain_timeout
+        nohup sh -c '(echo "SELECT 1;"; sleep 300) | env PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 \
+          -p {PGBOUNCER_PORT} -U bench bench' >/dev/null 2>&1 &
+        """)
+    try:
+        time.sleep(1)
+        result = playbook(host, "-e", "pgbouncer_allow_restart=true")
+        host.run("sh -c 'while pgrep -f \"time=20 bench\" >/dev/null; do sleep 0.5; done'")
+    finally:
+        host.run("rm -f /tmp/rolling/running; pkill -f 'sleep 300' || true")
+        host.run("sh -c 'while pgrep -x pgbench >/dev/null; do sleep 0.2; done'")
+    output = " ".join(result.stdout.split())
+    assert result.returncode == 0, output[-3000:]
+    assert "Restarting pgbouncer@1.service, pgbouncer@2.service for program: one at a time" in output, output[-3000:]
+
+    # Every process runs the new program, and was restarted through SIGTERM's drain.
+    after = {u: main_pid(host, u) for u in units(host)}
+    assert set(after) == set(pids) and all(after[u] != pids[u] for u in pids), (pids, after)
+    assert not any(host.check_output("readlink /proc/%s/exe", str(pid)).endswith("(deleted)") for pid in after.values())
+    sigterm_at = []
+    for number in (1, 2):
+        log = host.file(f"/var/log/postgresql/pgbouncer-{number}.log").content_string
+        pid = pids[f"pgbouncer@{number}.service"]
+        lines = [line for line in log.splitlines()
+                 if f"[{pid}]" in line and "got SIGTERM, shutting down, waiting for all clients disconnect" in line]
+        assert lines, f"process {pid} (pgbouncer-{number}.log) logged no SIGTERM drain"
+        sigterm_at.append(lines[0].split(" [")[0])
+
+    # The port always had a listener, and for a while only one: the processes drained in turn.
+    listeners = [int(n) for n in host.file("/tmp/rolling/listeners").content_string.split()]
+    print(f"listeners on the port: min {min(listeners)}, max {max(listeners)}, samples {len(listeners)}")
+    assert min(listeners) >= 1 and 1 in listeners and 2 in listeners, listeners
+
+    # No client saw an error: every --connect run, and the connected clients that outlived the first SIGTERM.
+    runs = sorted(host.file("/tmp/rolling").listdir())
+    connects = [r[:-4] for r in runs if r.startswith("connect-") and r.endswith(".rc")]
+    assert len(connects) >= 3, runs
+    for run in connects:
+        report = host.file(f"/tmp/rolling/{run}.out").content_string
+        rc = host.file(f"/tmp/rolling/{run}.rc").content_string.strip()
+        assert rc == "0" and "number of failed transactions: 0 " in report, (run, rc, report[-1500:])
+    persistent = host.file("/tmp/rolling/persistent.out").content_string
+    print(persistent[-600:])
+    assert host.file("/tmp/rolling/persistent.rc").content_string.strip() == "0", persistent[-1500:]
+    assert "number of failed transactions: 0 " in persistent, persistent[-1500:]
+    first_sigterm = float(host.check_output("date -d %s +%%s.%%N", min(sigterm_at)))
+    assert first_sigterm < float(host.file("/tmp/rolling/persistent.end").content_string), (sigterm_at, persistent[-600:])
+
+    # The idle session outstayed the drain: systemd stopped its process when the 20 s were up.
+    journal = host.check_output("journalctl --no-pager -o cat --since @%s -u pgbouncer@1.service -u pgbouncer@2.service",
+                                started)
+    assert "State 'stop-sigterm' timed out. Killing." in journal, journal[-2000:]

@@ -6,8 +6,8 @@ from ansible_collections.headroom.pg.plugins.filter.pgbouncer_features import Fi
 
 # The role's defaults (roles/pgbouncer/defaults/main.yml).
 DEFAULTS = {"max_prepared_statements": None, "transaction_timeout": 0, "query_wait_notify": None,
-            "query_timeout": 0, "client_idle_timeout": 0, "extra_settings": {}, "auth_mode": "userlist",
-            "processes": 0}
+            "query_timeout": 0, "client_idle_timeout": 0, "extra_settings": {}, "user_settings": {},
+            "auth_mode": "userlist", "processes": 0}
 MANAGED = ["pool_mode", "max_client_conn", "unix_socket_dir"]
 
 
@@ -134,3 +134,52 @@ def test_several_processes_are_refused_without_peers():
         " request can reach a process that does not run the query; set 0 or 1."]
     assert features("1.18.0", processes=1)["refusals"] == [] and features("1.24.1", processes=2)["refusals"] == []
     assert features(None, processes=2)["refusals"] == []
+
+
+@pytest.mark.parametrize("version, setting, value", [
+    ("1.18.0", "pool_mode", "session"),
+    ("1.23.1", "pool_size", 2),
+    ("1.24.1", "reserve_pool_size", 0),
+    ("1.24.1", "query_timeout", 300),
+    ("1.24.1", "idle_transaction_timeout", 30),
+    ("1.24.1", "client_idle_timeout", 3600),
+    ("1.25.0", "transaction_timeout", 60),
+    ("1.26.1", "query_wait_timeout", 30),
+])
+def test_a_user_setting_is_written_from_the_version_that_has_it_and_refused_before(version, setting, value):
+    result = features(version, user_settings={"batch": {setting: value}})
+    assert (result["user_settings"], result["refusals"]) == ({"batch": {setting: value}}, [])
+    if setting != "pool_mode":
+        major, minor = map(int, version.split(".")[:2])
+        older = features(f"{major}.{minor - 1}.0", user_settings={"batch": {setting: value}})
+        assert older["user_settings"] == {}
+        assert older["refusals"] == [
+            f'pgbouncer_user_settings "batch" {setting}: PgBouncer {major}.{minor - 1}.0 on pgb1 has no per-user {setting}'
+            f" (it needs {major}.{minor} or later), and the file would not load with it."]
+
+
+@pytest.mark.parametrize("sentence, user_settings, message", [
+    ("the shares are the role's", {"batch": {"max_user_connections": 3}},
+     'pgbouncer_user_settings "batch" max_user_connections: the role sets max_user_connections from the application\'s share'),
+    ("an unknown key would fail the whole file", {"batch": {"pool_sise": 2}},
+     'pgbouncer_user_settings "batch" "pool_sise": not a [users] setting; allowed: pool_mode, pool_size,'),
+    ("a pool mode PgBouncer lacks", {"batch": {"pool_mode": "bogus"}},
+     'pgbouncer_user_settings "batch" pool_mode "bogus": allowed: session, transaction, statement.'),
+    ("a negative timeout", {"batch": {"query_timeout": -1}},
+     'pgbouncer_user_settings "batch" query_timeout must be a whole number of 0 or more (got -1).'),
+    ("a name PgBouncer would cut", {"bat ch": {"pool_size": 1}},
+     'pgbouncer_user_settings "bat ch": not a role name PgBouncer can read as a [users] key'),
+    ("not a dict of dicts", {"batch": 2}, "pgbouncer_user_settings must be a dict of user to a dict of its settings"),
+])
+def test_bad_user_settings_are_refused(sentence, user_settings, message):
+    result = features("1.26.1", user_settings=user_settings)
+    assert len(result["refusals"]) == 1 and result["refusals"][0].startswith(message), (sentence, result["refusals"])
+    assert result["user_settings"] == {}
+
+
+def test_before_1_23_a_users_line_would_stop_auth_query_for_the_user():
+    result = features("1.18.0", user_settings={"batch": {"pool_mode": "session"}}, auth_mode="auth_query")
+    assert result["refusals"] == [
+        'pgbouncer_user_settings "batch": PgBouncer 1.18.0 on pgb1 stops auth_query logins of a user with a [users]'
+        " line (before 1.23); use pgbouncer_auth_mode userlist, or leave the user out."]
+    assert features("1.23.0", user_settings={"batch": {"pool_mode": "session"}}, auth_mode="auth_query")["refusals"] == []

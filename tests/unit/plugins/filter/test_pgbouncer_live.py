@@ -65,6 +65,13 @@ def test_live_diff(sentence, units, expected):
     assert diff(units) == expected, sentence
 
 
+def test_a_program_a_package_upgrade_replaced_waits_for_a_restart():
+    units = running()
+    units["pgbouncer.service"]["program_replaced"] = True
+    assert diff(units) == [{"unit": "pgbouncer.service", "setting": "program", "live": "replaced on disk since start",
+                            "wanted": "the installed one", "restart": True}]
+
+
 def test_a_value_the_process_does_not_show_is_empty():
     units = running()
     del units["pgbouncer.service"]["config"]["auth_user"]
@@ -265,3 +272,13 @@ def test_no_console_reload_means_no_reload_error():
     assert pgbouncer_reload_errors({}) == [] and pgbouncer_reload_errors({"results": []}) == []
     with pytest.raises(AnsibleFilterError):
         pgbouncer_reload_errors(["not", "registered"])
+
+
+def test_a_users_own_pool_settings_are_compared_and_an_unset_one_prints_empty():
+    shares = {"users": {"leaky": {"max_user_connections": 14, "pool_size": 4, "pool_mode": "session"}}, "databases": {}}
+    live = [{"name": "leaky", "max_user_connections": "14", "max_user_client_connections": "0", "pool_size": "12",
+             "reserve_pool_size": "1", "pool_mode": "session"}]
+    assert pgbouncer_live_diff(with_shares(live), [SINGLE], SETTINGS, TARGETS, 1420, RESTART_ONLY, shares) == [
+        {"unit": "pgbouncer.service", "setting": "leaky.pool_size", "live": "12", "wanted": "4", "restart": False},
+        {"unit": "pgbouncer.service", "setting": "leaky.reserve_pool_size", "live": "1", "wanted": "", "restart": False},
+    ]

@@ -13,10 +13,11 @@ USERS = {"leaky": 5}
 ENTRIES = {"bench": 1100}
 
 
-def shares(version, users=None, entries=None, auth_user="pgbouncer_auth", sizing=None):
+def shares(version, users=None, entries=None, auth_user="pgbouncer_auth", sizing=None, user_settings=None):
     """pgbouncer_shares of the scenario's entry; users and entries default to its limits."""
     return pgbouncer_shares(SIZING if sizing is None else sizing, DATABASES, version,
-                            USERS if users is None else users, ENTRIES if entries is None else entries, auth_user, "pgb1")
+                            USERS if users is None else users, ENTRIES if entries is None else entries, auth_user, "pgb1",
+                            user_settings)
 
 
 def test_the_plugin_registers_the_filter():
@@ -33,6 +34,7 @@ def test_from_1_24_every_user_has_its_server_share_and_the_client_shares_are_wri
         "client_limits": True,
         "unlisted_users": [],
         "warning": "",
+        "refusals": [],
     }
 
 
@@ -88,3 +90,22 @@ def test_bad_input_is_refused(sentence, changes, message):
     arguments = {"version": "1.24.1", **changes}
     with pytest.raises(AnsibleFilterError, match=message):
         shares(**arguments)
+
+
+def test_a_users_own_settings_join_its_line_after_its_share():
+    result = shares("1.26.1", user_settings={"leaky": {"pool_size": 4, "query_timeout": 300}, "batch": {"pool_mode": "session"}})
+    assert result["users"]["leaky"] == {"max_user_connections": 14, "max_user_client_connections": 5, "pool_size": 4,
+                                        "query_timeout": 300}
+    assert result["users"]["batch"] == {"pool_mode": "session"}
+    assert list(result["users"]) == sorted(result["users"]) and result["refusals"] == []
+
+
+@pytest.mark.parametrize("setting, value, smallest", [("pool_size", 13, 12), ("reserve_pool_size", 3, 2)])
+def test_a_per_user_pool_above_the_entries_is_refused_because_the_budget_counts_the_entries(setting, value, smallest):
+    result = shares("1.26.1", user_settings={"leaky": {setting: value}})
+    assert result["refusals"] == [
+        f'pgbouncer_user_settings "leaky" {setting} {value}: above {smallest}, the smallest {setting} of the database'
+        f" entries on pgb1. The budget counts every pool at its entry's size, so a larger per-user {setting} would"
+        " open more server connections than planned; raise the entries' pools (pgbouncer_databases, the allowance)"
+        " or set at most that."]
+    assert shares("1.26.1", user_settings={"leaky": {setting: smallest}})["refusals"] == []
