@@ -38,14 +38,16 @@ def _unit(units, name):
 
 
 #: The client and user limits of pgbouncer_shares and the SHOW columns that print them (1.23+/1.24+;
-#: 1.18 prints none, so nothing is compared there), and how an unset one prints: a limit as 0, a
-#: user's own pool setting (pgbouncer_user_settings, SHOW USERS of 1.23+) as empty.
+#: 1.18 prints none, so nothing is compared there), and how an unset one prints: a limit as 0.
+#: A user's own pool settings (pgbouncer_user_settings) are compared only where planned (None):
+#: before the fix of PgBouncer #1489 (2026-05, after 1.25.2) SHOW USERS prints, for a user
+#: without its own pool_size, the one of the user printed before it ("%9d", so padded).
 _SHARE_COLUMNS = (
     ("users", "name", "max_user_connections", "max_user_connections", 0),
     ("users", "name", "max_user_client_connections", "max_user_client_connections", 0),
-    ("users", "name", "pool_size", "pool_size", ""),
-    ("users", "name", "reserve_pool_size", "reserve_pool_size", ""),
-    ("users", "name", "pool_mode", "pool_mode", ""),
+    ("users", "name", "pool_size", "pool_size", None),
+    ("users", "name", "reserve_pool_size", "reserve_pool_size", None),
+    ("users", "name", "pool_mode", "pool_mode", None),
     ("databases", "name", "max_db_client_connections", "max_client_connections", 0),
 )
 
@@ -56,9 +58,9 @@ def _share_differences(unit_name, unit, shares):
         rows = {row.get(key): row for row in unit.get(show) or []}
         for name, planned in (shares.get(show) or {}).items():
             row = rows.get(name)
-            if row is not None and column not in row:
-                continue  # this version does not print the limit
-            live = _text(row.get(column)) if row is not None else ""
+            if (row is not None and column not in row) or (unset is None and setting not in planned):
+                continue  # this version does not print the limit, or it is not planned
+            live = _text(row.get(column)).strip() if row is not None else ""
             wanted = _text(planned.get(setting, unset))
             if live != wanted:
                 out.append({"unit": unit_name, "setting": f"{name}.{setting}", "live": live, "wanted": wanted,

@@ -515,7 +515,8 @@ def test_a_users_own_settings_are_live(multi_host):
     host = multi_host
     for unit in units(host):
         leaky = next(row for row in console(host, "SHOW USERS", unit) if row["name"] == "leaky")
-        assert (leaky["pool_size"], leaky["reserve_pool_size"]) == ("4", "1"), leaky
+        # Printed padded ("%9d").
+        assert (leaky["pool_size"].strip(), leaky["reserve_pool_size"].strip()) == ("4", "1"), leaky
     psql = f"env PGPASSWORD={PASSWORD} PGCONNECT_TIMEOUT=10 timeout 30 psql -XAtq -h 127.0.0.1 -p {PGBOUNCER_PORT} -d bench"
     slow = host.run(f"{psql} -U leaky -c 'SELECT pg_sleep(3)'")
     assert slow.rc != 0 and "query timeout" in slow.stderr, slow.stderr

@@ -274,11 +274,16 @@ def test_no_console_reload_means_no_reload_error():
         pgbouncer_reload_errors(["not", "registered"])
 
 
-def test_a_users_own_pool_settings_are_compared_and_an_unset_one_prints_empty():
-    shares = {"users": {"leaky": {"max_user_connections": 14, "pool_size": 4, "pool_mode": "session"}}, "databases": {}}
-    live = [{"name": "leaky", "max_user_connections": "14", "max_user_client_connections": "0", "pool_size": "12",
-             "reserve_pool_size": "1", "pool_mode": "session"}]
+def test_a_users_own_pool_settings_are_compared_where_planned_as_pgbouncer_pads_them():
+    """1.24.1 prints "%9d", and for a user without its own pool_size the previous row's (PgBouncer #1489)."""
+    shares = {"users": {"leaky": {"max_user_connections": 14, "pool_size": 4, "pool_mode": "session"},
+                        "bench": {"max_user_connections": 14}}, "databases": {}}
+    live = [{"name": "leaky", "max_user_connections": "14", "max_user_client_connections": "0", "pool_size": "        4",
+             "reserve_pool_size": "        1", "pool_mode": "session"},
+            {"name": "bench", "max_user_connections": "14", "max_user_client_connections": "0", "pool_size": "        4",
+             "reserve_pool_size": "        1", "pool_mode": ""}]
+    assert pgbouncer_live_diff(with_shares(live), [SINGLE], SETTINGS, TARGETS, 1420, RESTART_ONLY, shares) == []
+    live[0]["pool_size"] = "       12"
     assert pgbouncer_live_diff(with_shares(live), [SINGLE], SETTINGS, TARGETS, 1420, RESTART_ONLY, shares) == [
         {"unit": "pgbouncer.service", "setting": "leaky.pool_size", "live": "12", "wanted": "4", "restart": False},
-        {"unit": "pgbouncer.service", "setting": "leaky.reserve_pool_size", "live": "1", "wanted": "", "restart": False},
     ]
