@@ -136,6 +136,11 @@ def as_owner(uid, gid, argv):
     return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid, "--clear-groups"] + argv
 
 
+def vanished_descriptor(line, pid):
+    """Whether a line of find's errors is a descriptor of ``pid`` that was closed while find listed it."""
+    return line.startswith("find: ") and ("/proc/%d/fd/" % pid) in line and line.rstrip().endswith("No such file or directory")
+
+
 def socket_inodes(find_output):
     """Inodes of the sockets among a process's descriptors, from `find /proc/PID/fd -printf '%l\\n'`."""
     return set(line[len("socket:["):-1] for line in find_output.splitlines() if line.startswith("socket:[") and line.endswith("]"))
@@ -162,9 +167,18 @@ class Console:
         argv = as_owner(self.uid, self.gid, ["find", "/proc/%d/fd" % self.pid, "-mindepth", "1", "-maxdepth", "1",
                                              "-printf", "%l\\n"])
         rc, stdout, stderr = self.module.run_command(argv)
-        if rc != 0:
+        # A busy PgBouncer closes client descriptors while find lists them: those vanish with ENOENT,
+        # and find exits 1. The listening socket stays; only other errors fail the read.
+        errors = [line for line in stderr.splitlines() if line.strip() and not vanished_descriptor(line, self.pid)]
+        if rc != 0 and (errors or not stderr.strip()):
             self.module.fail_json(msg="cannot list the descriptors of PgBouncer process %d: %s" % (self.pid, stderr.strip()))
         return listening_socket(socket_inodes(stdout), read_file("/proc/net/unix"))
+
+    def program_replaced(self):
+        """Whether the program the process runs is gone from disk (a package upgrade renamed the new one
+        over it: the link ends in " (deleted)"). Read as the owner, for the reason above."""
+        rc, stdout, _stderr = self.module.run_command(as_owner(self.uid, self.gid, ["readlink", "/proc/%d/exe" % self.pid]))
+        return rc == 0 and stdout.rstrip("\n").endswith(" (deleted)")
 
     def show(self, names):
         """{name: rows} of SHOW commands (SHOW_COMMANDS keys), all in one psql session."""

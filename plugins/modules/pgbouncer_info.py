@@ -139,8 +139,7 @@ units:
       description:
         - Whether the program the process runs was replaced on disk since it started (C(/proc/PID/exe)
           ends in C( (deleted)), as after a package upgrade); only a restart runs the new one.
-        - Where that link cannot be read (root without C(CAP_SYS_PTRACE), as in a container), whether
-          the installed program's inode changed more than a second after the process started.
+        - The link is read as the process's owner, as root without C(CAP_SYS_PTRACE) (in a container) may not.
       type: bool
     config:
       description: C(SHOW CONFIG) as a dict of key to value, when O(show) has C(config).
@@ -213,12 +212,8 @@ def run(module, argv, allowed=(0,)):
     return rc, stdout
 
 
-def installed_program(module):
-    return module.get_bin_path("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
-
-
 def installed_version(module):
-    binary = installed_program(module)
+    binary = module.get_bin_path("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
     if binary is None:
         return None
     _rc, stdout = run(module, [binary, "--version"])
@@ -260,13 +255,13 @@ def units_of(module, extra):
     return parse_systemctl_show(shown)
 
 
-def read_process(module, unit, show, fd_report, program):
+def read_process(module, unit, show, fd_report):
     """Console results, fd limit and fd report of a running unit's main process."""
     pid = unit["main_pid"]
     console = Console(module, pid)
     unit["socket"] = console.socket
     unit["nofile"] = nofile_limit(read_file("/proc/%d/limits" % pid))
-    unit["program_replaced"] = program_replaced(pid, program)
+    unit["program_replaced"] = console.program_replaced()
     results = console.show(show)
     if "config" in results:
         unit["config"] = dict((row["key"], row["value"]) for row in results["config"])
@@ -280,32 +275,6 @@ def read_process(module, unit, show, fd_report, program):
                 unit["fd_report"] = parse_fd_report(last_line_with(logfile, FD_REPORT_MARKER))
             except OSError as err:
                 module.fail_json(msg="cannot read the log file %s of %s: %s" % (logfile, pid, err))
-
-
-def program_replaced(pid, program):
-    """Whether the process runs a program that is no longer on disk: dpkg renames the new one over it.
-
-    Root without CAP_SYS_PTRACE (in a container) may not read another user's /proc/PID/exe; then
-    the program on disk counts as replaced when its inode changed more than a second after the
-    process started (/proc/stat's btime has whole seconds).
-    """
-    try:
-        return os.readlink("/proc/%d/exe" % pid).endswith(" (deleted)")
-    except OSError:
-        pass
-    try:
-        return program is not None and os.stat(program).st_ctime > process_start(pid) + 1
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def process_start(pid):
-    """Seconds since the epoch at which a process started (/proc/PID/stat field 22, /proc/stat btime)."""
-    with open("/proc/%d/stat" % pid) as handle:
-        ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/stat") as handle:
-        boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def read_config_value(console, key):
@@ -332,7 +301,7 @@ def main():
         # Every unit has every field: empty ones when no process runs.
         units[name].update(socket=None, nofile=None, program_replaced=False, config={}, databases=[], pools=[], users=[], fd_report=None)
         if units[name]["running"]:
-            read_process(module, units[name], show, params["fd_report"], installed_program(module))
+            read_process(module, units[name], show, params["fd_report"])
     module.exit_json(
         changed=False,
         version=installed_version(module),

@@ -1080,13 +1080,14 @@ def test_no_secret_reaches_any_log(fault_host):
 
 # Zero-downtime restart (PgBouncer 1.23+, several processes on so_reuseport). Last on its
 # hosts: it leaves them as converge left them, running the same program from a new inode.
-def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_client_error(multi_host):
+def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_failed_transaction(multi_host):
     """dpkg renames the new program over the old one; a rename stands in for the upgrade here.
 
     During the run, clients that connect for every transaction (pgbench --connect, again and
-    again) and clients that stay connected (pgbench for 20 s) go through PgBouncer, and a
-    sampler counts the listeners on the port every 0.1 s. One idle session outstays
-    pgbouncer_drain_timeout (group_vars: 20 s), so one process is stopped by systemd.
+    again) and 8 sessions that stay connected (a query every 0.1 s, until 3 s into the first
+    drain) go through PgBouncer, and a sampler counts the listeners on the port every 0.1 s.
+    One idle session outstays pgbouncer_drain_timeout (group_vars: 20 s), so one process is
+    stopped by systemd.
     """
     host = multi_host
     pgbench_bin = f"/usr/lib/postgresql/{cluster(host)['version']}/bin/pgbench"
@@ -1098,15 +1099,20 @@ def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_client
     started = host.check_output("date +%s")
     host.check_output("bash -c %s", f"""
         rm -rf /tmp/rolling; mkdir /tmp/rolling; touch /tmp/rolling/running; cd /tmp/rolling
-        # the listeners on the port, every 0.1 s
-        nohup sh -c 'while [ -e running ]; do ss -Hltn "sport = :{PGBOUNCER_PORT}" | wc -l >> listeners; sleep 0.1; done' \
-          >/dev/null 2>&1 &
+        # the listeners on the port, every 0.1 s (/proc/net/tcp: local port in hex, state 0A is LISTEN)
+        nohup sh -c 'while [ -e running ]; do grep -c ":{PGBOUNCER_PORT:04X} 0*:0000 0A" /proc/net/tcp >> listeners; \
+          sleep 0.1; done' >/dev/null 2>&1 &
         # a new connection for every transaction, in 3 s runs until the role is done
         nohup sh -c 'i=0; while [ -e running ]; do i=$((i+1)); {target} --connect --no-vacuum --select-only \
           --client=4 --jobs=2 --time=3 bench > connect-$i.out 2>&1; echo $? > connect-$i.rc; done' >/dev/null 2>&1 &
-        # connected for 20 s
-        nohup sh -c '{target} --no-vacuum --select-only --client=8 --jobs=2 --time=20 bench > persistent.out 2>&1; \
-          echo $? > persistent.rc; date +%s.%N > persistent.end' >/dev/null 2>&1 &
+        # 8 sessions that stay connected, a query every 0.1 s, until 3 s into the first process's drain
+        for i in 1 2 3 4 5 6 7 8; do
+          nohup env i=$i sh -c '(while [ ! -e stop ]; do echo "SELECT 1;"; sleep 0.1; done) | env PGPASSWORD={PASSWORD} \
+            psql -XAtq -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {PGBOUNCER_PORT} -U bench bench > session-$i.out 2>&1; \
+            echo $? > session-$i.rc' >/dev/null 2>&1 &
+        done
+        nohup sh -c 'tail -n0 -F /var/log/postgresql/pgbouncer-1.log /var/log/postgresql/pgbouncer-2.log 2>/dev/null \
+          | grep -m1 "got SIGTERM" >/dev/null; sleep 3; echo drain > stop' >/dev/null 2>&1 &
         # idle, for longer than pgbouncer_drain_timeout
         nohup sh -c '(echo "SELECT 1;"; sleep 300) | env PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 \
           -p {PGBOUNCER_PORT} -U bench bench' >/dev/null 2>&1 &
@@ -1114,10 +1120,10 @@ def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_client
     try:
         time.sleep(1)
         result = playbook(host, "-e", "pgbouncer_allow_restart=true")
-        host.run("sh -c 'while pgrep -f \"time=20 bench\" >/dev/null; do sleep 0.5; done'")
     finally:
-        host.run("rm -f /tmp/rolling/running; pkill -f 'sleep 300' || true")
-        host.run("sh -c 'while pgrep -x pgbench >/dev/null; do sleep 0.2; done'")
+        host.run("cd /tmp/rolling; rm -f running; [ -e stop ] || echo finally > stop; pkill -f 'sleep [3]00' || true;"
+                 " pkill -f 'tail -n0 -[F]' || true")  # [3], [F]: not this shell itself
+        host.run("timeout 60 sh -c 'while pgrep -x pgbench >/dev/null || pgrep -x psql >/dev/null; do sleep 0.2; done'")
     output = " ".join(result.stdout.split())
     assert result.returncode == 0, output[-3000:]
     assert "Restarting pgbouncer@1.service, pgbouncer@2.service for program: one at a time" in output, output[-3000:]
@@ -1125,34 +1131,42 @@ def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_client
     # Every process runs the new program, and was restarted through SIGTERM's drain.
     after = {u: main_pid(host, u) for u in units(host)}
     assert set(after) == set(pids) and all(after[u] != pids[u] for u in pids), (pids, after)
-    sigterm_at = []
     for number in (1, 2):
         log = host.file(f"/var/log/postgresql/pgbouncer-{number}.log").content_string
         pid = pids[f"pgbouncer@{number}.service"]
-        lines = [line for line in log.splitlines()
-                 if f"[{pid}]" in line and "got SIGTERM, shutting down, waiting for all clients disconnect" in line]
-        assert lines, f"process {pid} (pgbouncer-{number}.log) logged no SIGTERM drain"
-        sigterm_at.append(lines[0].split(" [")[0])
+        assert any(f"[{pid}]" in line and "got SIGTERM, shutting down, waiting for all clients disconnect" in line
+                   for line in log.splitlines()), f"process {pid} (pgbouncer-{number}.log) logged no SIGTERM drain"
 
     # The port always had a listener, and for a while only one: the processes drained in turn.
     listeners = [int(n) for n in host.file("/tmp/rolling/listeners").content_string.split()]
     print(f"listeners on the port: min {min(listeners)}, max {max(listeners)}, samples {len(listeners)}")
     assert min(listeners) >= 1 and 1 in listeners and 2 in listeners, listeners
 
-    # No client saw an error: every --connect run, and the connected clients that outlived the first SIGTERM.
+    # No transaction failed, in any --connect run. The one error a new connection may see: PgBouncer refuses
+    # a login still in progress at the instant of SIGTERM (finish_client_login: "pooler is shutting down"),
+    # at most the 4 clients of the run per process stopped. Seen: 0 on 1.24, 2 on 1.26.
     runs = sorted(host.file("/tmp/rolling").listdir())
-    connects = [r[:-4] for r in runs if r.startswith("connect-") and r.endswith(".rc")]
+    connects = [r[:-3] for r in runs if r.startswith("connect-") and r.endswith(".rc")]
     assert len(connects) >= 3, runs
+    refused = 0
     for run in connects:
         report = host.file(f"/tmp/rolling/{run}.out").content_string
         rc = host.file(f"/tmp/rolling/{run}.rc").content_string.strip()
-        assert rc == "0" and "number of failed transactions: 0 " in report, (run, rc, report[-1500:])
-    persistent = host.file("/tmp/rolling/persistent.out").content_string
-    print(persistent[-600:])
-    assert host.file("/tmp/rolling/persistent.rc").content_string.strip() == "0", persistent[-1500:]
-    assert "number of failed transactions: 0 " in persistent, persistent[-1500:]
-    first_sigterm = float(host.check_output("date -d %s +%%s.%%N", min(sigterm_at)))
-    assert first_sigterm < float(host.file("/tmp/rolling/persistent.end").content_string), (sigterm_at, persistent[-600:])
+        assert "number of failed transactions: 0 " in report, (run, rc, report[-1500:])
+        errors = [line for line in report.splitlines() if "error" in line.lower()]
+        if rc != "0":
+            assert errors and all(
+                "pooler is shutting down" in line or "aborted while establishing connection" in line
+                or "Run was aborted" in line for line in errors), (run, rc, report[-1500:])
+        refused += sum("pooler is shutting down" in line for line in errors)
+    print(f"{len(connects)} --connect runs; logins refused at a SIGTERM: {refused}")
+    assert refused <= 4 * len(pids), refused
+    # The connected sessions went on through the first drain and ended cleanly 3 s into it.
+    assert host.file("/tmp/rolling/stop").content_string.strip() == "drain"
+    for i in range(1, 9):
+        out = host.file(f"/tmp/rolling/session-{i}.out").content_string
+        assert host.file(f"/tmp/rolling/session-{i}.rc").content_string.strip() == "0", (i, out[-500:])
+        assert out.split() and set(out.split()) == {"1"}, (i, out[-500:])
 
     # The idle session outstayed the drain: systemd stopped its process when the 20 s were up.
     journal = host.check_output("journalctl --no-pager -o cat --since @%s -u pgbouncer@1.service -u pgbouncer@2.service",

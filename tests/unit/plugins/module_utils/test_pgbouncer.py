@@ -11,6 +11,7 @@ from ansible_collections.headroom.pg.plugins.module_utils.pgbouncer import (
     parse_systemctl_show,
     socket_inodes,
     split_results,
+    vanished_descriptor,
 )
 
 FD_LINE = ("2026-12-01 10:00:00.000 UTC [812] LOG kernel file descriptor limit: 1420 (hard: 1420); "
@@ -105,3 +106,15 @@ def test_a_log_without_fd_report_gives_none(tmp_path):
 
 def test_socket_inodes_are_read_from_the_descriptor_links():
     assert socket_inodes("/dev/null\nsocket:[4713]\npipe:[12]\nsocket:[9]\n") == {"4713", "9"}
+
+
+@pytest.mark.parametrize("line, vanished", [
+    # Seen on 1.26 under pgbench --connect: a client's descriptor closed between find's readdir and readlink.
+    ("find: \u2018/proc/3264/fd/25\u2019: No such file or directory", True),
+    ("find: '/proc/3264/fd/25': No such file or directory", True),
+    ("find: '/proc/3265/fd/25': No such file or directory", False),
+    ("find: '/proc/3264/fd': Permission denied", False),
+    ("find: '/proc/3264/fd': No such file or directory", False),
+])
+def test_only_a_client_descriptor_closed_during_the_listing_is_not_an_error(line, vanished):
+    assert vanished_descriptor(line, 3264) is vanished
