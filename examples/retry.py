@@ -17,6 +17,7 @@ backoff with full jitter, so clients refused together do not come back together.
 libpq gives no SQLSTATE for an error during connection startup (psycopg 3's ``sqlstate`` and
 psycopg2's ``pgcode`` are None), so there the error is known by the server's message, which is
 English when the server's lc_messages is C or en (Debian's default, and headroom's clusters).
+Through PgBouncer the same two kinds of refusal come in PgBouncer's words, and count the same.
 """
 
 import collections
@@ -30,12 +31,16 @@ log = logging.getLogger("headroom.retry")
 
 TRANSIENT = {"53300": "too_many_connections", "57P03": "cannot_connect_now"}
 
-#: What PostgreSQL (12 to 18) says with each code when it refuses a connection.
+#: What PostgreSQL (12 to 18) says with each code when it refuses a connection, and PgBouncer's
+#: refusals of the same kind (its src/client.c and src/objects.c; PgBouncer sends them as 08P01):
+#: no client slot left (max_client_conn, an application's client share), and a process that is
+#: stopping (a login in progress at SIGTERM during a rolling restart).
 MESSAGES = {
-    "53300": ("too many clients already", "remaining connection slots are reserved", "too many connections for"),
+    "53300": ("too many clients already", "remaining connection slots are reserved", "too many connections for",
+              "no more connections allowed (max_client_conn)", "client connections exceeded (max_"),
     "57P03": ("the database system is starting up", "the database system is shutting down",
               "the database system is in recovery mode", "the database system is not yet accepting connections",
-              "the database system is not accepting connections"),
+              "the database system is not accepting connections", "pooler is shutting down"),
 }
 
 

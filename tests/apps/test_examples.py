@@ -152,11 +152,18 @@ def test_a_leak_fails_like_a_leak_while_the_well_behaved_service_goes_on(server,
     ("FATAL:  the database system is starting up", "57P03"),
     ("FATAL:  the database system is shutting down", "57P03"),
     ("FATAL:  the database system is not yet accepting connections", "57P03"),
+    # PgBouncer's, through it (src/client.c, src/objects.c).
+    ("FATAL:  no more connections allowed (max_client_conn)", "53300"),
+    ("FATAL:  client connections exceeded (max_user_client_connections)", "53300"),
+    ("FATAL:  client connections exceeded (max_db_client_connections)", "53300"),
+    ("FATAL:  pooler is shutting down", "57P03"),
     ('FATAL:  password authentication failed for user "app"', None),
     ('FATAL:  database "nope" does not exist', None),
+    ('FATAL:  no such database: nope', None),
 ])
 def test_what_is_retried(message, code):
-    """PostgreSQL's refusals (from its source, 15 to 18) are known by their text, as libpq gives no SQLSTATE there."""
+    """PostgreSQL's refusals (from its source, 15 to 18) and PgBouncer's are known by their text, as libpq gives no
+    SQLSTATE there."""
     assert retry.transient(psycopg2.OperationalError(f'connection to server at "db1", port 5432 failed: {message}')) == code
 
 
