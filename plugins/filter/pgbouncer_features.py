@@ -31,6 +31,7 @@ import json
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import POOL_MODES
 
 PEERS_VERSION = (1, 19)
 PREPARED_STATEMENTS_VERSION = (1, 21)
@@ -52,16 +53,15 @@ GATED = {
 #: None: every version the role supports. The two limits are the shares' (pgbouncer_shares).
 USER_SETTINGS = {
     "pool_mode": None,
-    "pool_size": ROLLING_RESTART_VERSION,
+    "pool_size": (1, 23),
     "reserve_pool_size": (1, 24),
     "query_timeout": (1, 24),
     "idle_transaction_timeout": (1, 24),
     "client_idle_timeout": (1, 24),
-    "transaction_timeout": CONSOLE_RELOAD_VERSION,
+    "transaction_timeout": (1, 25),
     "query_wait_timeout": (1, 26),
 }
 USER_SHARE_SETTINGS = ("max_user_connections", "max_user_client_connections")
-POOL_MODES = ("session", "transaction", "statement")
 #: Before 1.23 a [users] line stops auth_query for that user (pgbouncer_shares).
 USERS_WITH_AUTH_QUERY_VERSION = (1, 23)
 #: Settings of the role every supported version has.

@@ -78,12 +78,12 @@ def pgbouncer_shares(sizing, databases, version, user_client_limits, database_cl
             entries[name]["max_db_client_connections"] = limit
 
     refusals = []
+    smallest = {key: min((int(entry[key]) for entry in sizing["databases"]), default=0) for key in POOL_SETTINGS}
     for user, settings in (user_settings or {}).items():
         for key in POOL_SETTINGS:
-            smallest = min((int(entry[key]) for entry in sizing["databases"]), default=0)
-            if key in settings and int(settings[key]) > smallest:
+            if key in settings and int(settings[key]) > smallest[key]:
                 refusals.append(
-                    f"pgbouncer_user_settings \"{user}\" {key} {settings[key]}: above {smallest}, the smallest {key} of"
+                    f"pgbouncer_user_settings \"{user}\" {key} {settings[key]}: above {smallest[key]}, the smallest {key} of"
                     f" the database entries on {host}. The budget counts every pool at its entry's size, so a larger"
                     f" per-user {key} would open more server connections than planned; raise the entries' pools"
                     " (pgbouncer_databases, the allowance) or set at most that.")

@@ -35,6 +35,10 @@ def cluster(host):
     return clusters[0]
 
 
+def pgbench_binary(host):
+    return f"/usr/lib/postgresql/{cluster(host)['version']}/bin/pgbench"
+
+
 def units(host):
     """The PgBouncer units that run: pgbouncer.service, or pgbouncer@<n>.service for several."""
     out = host.check_output(
@@ -108,7 +112,7 @@ def pgbench(host, clients, port, run, sample=False, superuser=False):
     counts itself.
     """
     c = cluster(host)
-    binary = f"/usr/lib/postgresql/{c['version']}/bin/pgbench"
+    binary = pgbench_binary(host)
     sampler = (
         "rm -f /tmp/samples; touch /tmp/sampling; "
         "( while [ -e /tmp/sampling ]; do runuser -u postgres -- psql -XAtq -c "
@@ -237,12 +241,11 @@ def test_pgbench_prepared_statements_run_through_transaction_pooling(prepared_ho
     50 clients share 12 server connections per process, so their transactions land on server
     connections that never saw the PREPARE; PgBouncer prepares it there again.
     """
-    c = cluster(prepared_host)
     parses_before, prepares_before = prepared_counts(prepared_host)
     result = prepared_host.run(
-        "env PGPASSWORD=%s /usr/lib/postgresql/%s/bin/pgbench --host=127.0.0.1 --port=%s --username=bench "
+        "env PGPASSWORD=%s %s --host=127.0.0.1 --port=%s --username=bench "
         "--no-vacuum --select-only --protocol=prepared --client=50 --jobs=2 --transactions=200 bench",
-        PASSWORD, str(c["version"]), str(PGBOUNCER_PORT))
+        PASSWORD, pgbench_binary(prepared_host), str(PGBOUNCER_PORT))
     print(result.stdout)
     assert result.rc == 0, result.stdout + result.stderr
     assert "number of transactions actually processed: 10000/10000" in result.stdout, result.stdout
@@ -585,7 +588,7 @@ def test_on_debian_12_leaky_load_stays_within_its_share_of_server_connections_wh
         pytest.skip("1.24+ holds leaky to 5 clients (test_a_leaking_application_gets_its_client_share...)")
     unit = units(host)[0]
     socket_dir = live_config(host, unit)["unix_socket_dir"]
-    binary = f"/usr/lib/postgresql/{cluster(host)['version']}/bin/pgbench"
+    binary = pgbench_binary(host)
     clients = 40
     leaky = (
         "echo 'SELECT pg_sleep(0.05);' > /tmp/leaky.sql; rm -f /tmp/leaky.rc /tmp/leaky-samples; touch /tmp/leaky-sampling; "
@@ -1090,8 +1093,7 @@ def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_failed
     stopped by systemd.
     """
     host = multi_host
-    pgbench_bin = f"/usr/lib/postgresql/{cluster(host)['version']}/bin/pgbench"
-    target = f"env PGPASSWORD={PASSWORD} PGCONNECT_TIMEOUT=10 {pgbench_bin} -h 127.0.0.1 -p {PGBOUNCER_PORT} -U bench"
+    target = f"env PGPASSWORD={PASSWORD} PGCONNECT_TIMEOUT=10 {pgbench_binary(host)} -h 127.0.0.1 -p {PGBOUNCER_PORT} -U bench"
     pids = {u: main_pid(host, u) for u in units(host)}
     # The test's root may not read the processes' /proc/PID/exe (no CAP_SYS_PTRACE): the run's message proves
     # that pgbouncer_info saw the new program.

@@ -164,7 +164,7 @@ def test_a_user_setting_is_written_from_the_version_that_has_it_and_refused_befo
     ("an unknown key would fail the whole file", {"batch": {"pool_sise": 2}},
      'pgbouncer_user_settings "batch" "pool_sise": not a [users] setting; allowed: pool_mode, pool_size,'),
     ("a pool mode PgBouncer lacks", {"batch": {"pool_mode": "bogus"}},
-     'pgbouncer_user_settings "batch" pool_mode "bogus": allowed: session, transaction, statement.'),
+     'pgbouncer_user_settings "batch" pool_mode "bogus": allowed: transaction, session, statement.'),
     ("a negative timeout", {"batch": {"query_timeout": -1}},
      'pgbouncer_user_settings "batch" query_timeout must be a whole number of 0 or more (got -1).'),
     ("a name PgBouncer would cut", {"bat ch": {"pool_size": 1}},
