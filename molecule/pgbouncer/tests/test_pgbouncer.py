@@ -1146,7 +1146,7 @@ def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_failed
 
     # No transaction failed, in any --connect run. The one error a new connection may see: PgBouncer refuses
     # a login still in progress at the instant of SIGTERM (finish_client_login: "pooler is shutting down"),
-    # at most the 4 clients of the run per process stopped. Seen: 0 on 1.24, 2 on 1.26.
+    # at most the 4 clients of the run per process stopped. Seen: 0 to 2 per run, on 1.24 and 1.26.
     runs = sorted(host.file("/tmp/rolling").listdir())
     connects = [r[:-3] for r in runs if r.startswith("connect-") and r.endswith(".rc")]
     assert len(connects) >= 3, runs
