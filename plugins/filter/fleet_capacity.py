@@ -28,6 +28,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import client_connections
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
     _direct_clients,
+    _external_servers,
     _model_variables,
     _pgbouncer_clients,
     _plain,
@@ -121,14 +122,15 @@ def _age(session):
     return session.get("state_seconds") or 0
 
 
-def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None):
+def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None, external_servers=None):
     """What the inventory declares, in the shape fleet_capacity matches sessions against.
 
     Direct clients (headroom_direct_clients) and each PgBouncer host's applications
     (headroom_pgbouncer_clients) go through fleet_plan's parsers, so a bad entry fails here with
     the message plan.yml gives; each budget is connections x instances. Per PgBouncer host also
     the server each pgbouncer_databases entry reaches and the users whose server sessions are its
-    pools (named users, and the auth user in auth_query mode).
+    pools (named users, and the auth user in auth_query mode). A server outside the inventory
+    (headroom_external_servers) is a target like any other; nothing probes it.
     """
     defaults = {name: _plain(value) for name, value in (defaults or {}).items() if name in POOLER_NAMES}
     servers = list(groups.get("postgresql") or [])
@@ -137,8 +139,9 @@ def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None):
     models = {host: _model_variables(hostvars[host], SERVER_NAMES) for host in servers}
     for host in poolers:
         models[host] = models.get(host, {}) | _model_variables(hostvars[host], POOLER_NAMES)
+    external = _external_servers(_plain(external_servers), hostvars)
     direct = []
-    for client in _direct_clients(_plain(direct_clients), plain_groups, set(servers)):
+    for client in _direct_clients(_plain(direct_clients), plain_groups, set(servers), external):
         connections, instances = client_connections(client, str(client["name"]))
         direct.append(
             {
@@ -155,6 +158,8 @@ def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None):
     for host in servers:
         if models[host].get("ansible_host"):
             addresses.setdefault(models[host]["ansible_host"], host)
+    for name, server in external.items():
+        addresses.setdefault(server["address"], name)
     declared_poolers = {}
     for pooler in poolers:
         entries = _var(models, pooler, "pgbouncer_databases", defaults) or []
@@ -167,7 +172,7 @@ def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None):
             what = f"pgbouncer host {pooler}: pgbouncer_databases[{index}]"
             if not isinstance(entry, Mapping) or not entry.get("name"):
                 raise AnsibleFilterError(f"{what} must be a mapping with a name, got {entry!r}")
-            target = _resolve_target(entry, pooler, set(servers), addresses, f"{what} ({entry['name']})")
+            target = _resolve_target(entry, pooler, set(servers) | set(external), addresses, f"{what} ({entry['name']})")
             databases[str(entry["name"])] = target
             named = entry["users"] if isinstance(entry.get("users"), list) else []
             for user in [*named, *([auth_user] if auth_user else [])]:

@@ -6,7 +6,11 @@ nothing to the sizing rules: servers are sized by pg_tune and pg_max_connections
 PgBouncer hosts by pgbouncer_tune, demand is pg_connection_budget's. What it adds:
 
 * where each PgBouncer database entry really goes (inventory hostname, its ansible_host,
-  or this host's own socket), so pools are counted against the right server;
+  this host's own socket, or a server outside the inventory declared in
+  headroom_external_servers), so pools are counted against the right server;
+* servers outside the inventory (managed PostgreSQL such as RDS or Cloud SQL, another
+  team's server): their declared max_connections is a fixed ceiling, which the pools and
+  direct clients that reach them must fit under with its reserved slots;
 * which resources each host has, and where that came from (measured, inventory, facts);
 * the client side: per PgBouncer host, the applications declared in headroom_pgbouncer_clients
   (pool x instances, counted as direct clients are) against max_client_conn x processes,
@@ -24,8 +28,13 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import client_connections, pg_connection_budget
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune, sized_max_client_conn, user_shares
-from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size
-from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import tune_with_report
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size, check_keys
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import (
+    DEFAULT_SUPERUSER_RESERVED,
+    SPARE_RULE,
+    default_spare,
+    tune_with_report,
+)
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import PREFIX, tuning_spec
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import MB
 
@@ -60,6 +69,11 @@ CLIENT_KEYS = ("name", "target", "connections", "active", "instances", "hosts", 
 #: An application behind PgBouncer, declared on the PgBouncer host it connects through.
 #: ``user`` and ``database`` (a pgbouncer_databases name) say where PgBouncer enforces its share.
 PGBOUNCER_CLIENT_KEYS = ("name", "connections", "instances", "hosts", "group", "user", "database")
+
+#: A server outside the inventory (headroom_external_servers): where it is, its max_connections
+#: and reserved slots as its operator set them, and its CPUs for PgBouncer's pool rule.
+EXTERNAL_REQUIRED = ("address", "max_connections")
+EXTERNAL_OPTIONAL = ("port", "superuser_reserved_connections", "reserved_connections", "cpus")
 
 #: The first PostgreSQL with reserved_connections and the role pg_use_reserved_connections.
 RESERVED_CONNECTIONS_FROM = 16
@@ -224,9 +238,9 @@ def _resolve_target(entry, pooler, servers, addresses, what):
     if host in addresses:
         return addresses[host]
     raise AnsibleFilterError(
-        f"{what} has host {host!r}, which is neither a host of group postgresql ({', '.join(sorted(servers)) or 'none'}) "
-        "nor the ansible_host of one; the budget cannot count its pools against a server it does not know. "
-        "Add the server to group postgresql"
+        f"{what} has host {host!r}, which is neither a server the plan knows ({', '.join(sorted(servers)) or 'none'}) "
+        "nor the address of one; the budget cannot count its pools against a server it does not know. "
+        "Add the server to group postgresql, or declare it in headroom_external_servers with its max_connections"
     )
 
 
@@ -277,6 +291,12 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
         if value not in (None, 0, "0"):
             spec[key] = value
     # The pool rule of thumb needs the server's cores: the smallest server behind this host.
+    unknown_cpus = sorted({target for target in targets if server_cpus_of[target] is None})
+    if not spec.get("server_cpus") and unknown_cpus:
+        raise AnsibleFilterError(
+            f"pgbouncer host {pooler}: the pool rule of thumb needs the CPUs of {', '.join(unknown_cpus)}, a server outside "
+            f"the inventory: set cpus in headroom_external_servers.{unknown_cpus[0]}, or pgbouncer_server_cpus for {pooler}"
+        )
     server_cpus = spec.get("server_cpus") or min(server_cpus_of[target] for target in targets)
     spec["server_cpus"] = server_cpus
     spec = {key: value for key, value in spec.items() if value is not None}
@@ -403,17 +423,26 @@ def _declared_clients(declared, variable, keys, required, groups):
     return clients
 
 
-def _direct_clients(direct_clients, groups, servers):
+def _direct_clients(direct_clients, groups, servers, external):
     """headroom_direct_clients in pg_connection_budget's shape: a group becomes its hosts."""
     clients = []
     declared = _declared_clients(
         direct_clients, "headroom_direct_clients", CLIENT_KEYS, ("name", "target", "connections"), groups
     )
     for what, client in declared:
-        if client["target"] not in servers:
+        if client["target"] not in servers and client["target"] not in external:
             raise AnsibleFilterError(
-                f"{what} ({client['name']}) targets {client['target']!r}, which is not a host of group postgresql "
-                f"({', '.join(sorted(servers)) or 'none'})"
+                f"{what} ({client['name']}) targets {client['target']!r}, which is neither a host of group postgresql "
+                f"({', '.join(sorted(servers)) or 'none'}) nor a server of headroom_external_servers "
+                f"({', '.join(sorted(external)) or 'none'})"
+            )
+        # headroom changes nothing on a server outside the inventory: no CONNECTION LIMIT, no grant.
+        given = [key for key in ("role", "reserved") if client["target"] in external and client.get(key)]
+        if given:
+            raise AnsibleFilterError(
+                f"{what} ({client['name']}) targets {client['target']!r}, a server outside the inventory, where headroom "
+                f"changes nothing, so it cannot have {' or '.join(given)} (a CONNECTION LIMIT or pg_use_reserved_connections "
+                "there is set by its operator); leave it out"
             )
         if not isinstance(client.get("reserved", False), bool):
             raise AnsibleFilterError(f"{what} ({client['name']}): reserved must be true or false, got {client['reserved']!r}")
@@ -494,7 +523,7 @@ def _role_limits(clients, pooler_plans, primary_of):
             limits[client["target"]][client["role"]] += per_instance * instances
     for plan in pooler_plans.values():
         for row in plan["user_connections"]:
-            if row["user"] in limits[row["target"]]:
+            if row["user"] in limits.get(row["target"], {}):
                 limits[row["target"]][row["user"]] += row["connections"]
     tree = {host: {} for host in primary_of}
     for host, roles in limits.items():
@@ -524,6 +553,72 @@ def _reserved_clients(clients, resources, specs):
         if role and role not in roles[target]:
             roles[target].append(role)
     return ordinary, roles
+
+
+def _external_servers(declared, hosts):
+    """headroom_external_servers, checked: name -> address, port, max_connections, reserved slots and CPUs.
+
+    Servers outside the inventory are counted in the budget like any server, against the
+    max_connections their operator set (an RDS parameter group, Cloud SQL's flag), which
+    headroom cannot change: the fleet's pools and direct clients must fit under it.
+    """
+    if declared in (None, {}):
+        return {}
+    if not isinstance(declared, Mapping):
+        raise AnsibleFilterError(
+            f"headroom_external_servers must be a mapping of server name to its declaration, got {declared!r}"
+        )
+    external = {}
+    for name, entry in declared.items():
+        what = f"headroom_external_servers.{name}"
+        if not isinstance(name, str) or not name or name in hosts:
+            raise AnsibleFilterError(
+                f"{what}: a server outside the inventory needs a name that is no inventory host, got {name!r}"
+            )
+        check_keys(entry, EXTERNAL_REQUIRED, EXTERNAL_OPTIONAL, what)
+        address = entry["address"]
+        if not isinstance(address, str) or not address or address.startswith("/") or address in LOCAL_HOSTS:
+            raise AnsibleFilterError(
+                f"{what}.address must be the DNS name or IP address the PgBouncer hosts reach it at, got {address!r}"
+            )
+        superuser = as_int(
+            entry.get("superuser_reserved_connections", DEFAULT_SUPERUSER_RESERVED),
+            f"{what}.superuser_reserved_connections", minimum=0,
+        )
+        reserved = as_int(entry.get("reserved_connections", 0), f"{what}.reserved_connections", minimum=0)
+        external[name] = {
+            "address": address,
+            "port": as_int(entry.get("port", 5432), f"{what}.port", minimum=1, maximum=65535),
+            "max_connections": as_int(
+                entry["max_connections"], f"{what}.max_connections", minimum=superuser + reserved + 1
+            ),
+            "superuser_reserved_connections": superuser,
+            "reserved_connections": reserved,
+            "cpus": None if entry.get("cpus") is None else as_int(entry["cpus"], f"{what}.cpus", minimum=1),
+        }
+    return external
+
+
+def _external_plan(name, server, budget):
+    """A server outside the inventory: its budget against its declared max_connections, with problem and warnings."""
+    entry = server | budget | {"problem": None, "warnings": []}
+    top = "; ".join(f"{item['name']} {item['connections']}" for item in budget["contributors"][:TOP_CONTRIBUTORS])
+    if budget["verdict"] == "over":
+        entry["problem"] = (
+            f"{name} (outside the inventory) is over its connection ceiling: the fleet may open {budget['demand']} "
+            f"connections (+ {budget['required_max_connections'] - budget['demand']} reserved = "
+            f"{budget['required_max_connections']}) but its declared max_connections is {server['max_connections']}. "
+            f"Top contributors: {top}. Fix: smaller pools (pool_size or pgbouncer_default_pool_size on the PgBouncer "
+            "hosts, fewer processes), transaction pooling, or a larger max_connections on the server (its operator's "
+            "setting) and in headroom_external_servers"
+        )
+    elif budget["demand"] and budget["headroom"] < default_spare(budget["demand"]):
+        entry["warnings"].append(
+            f"{name}: max_connections {server['max_connections']} leaves {budget['headroom']} spare slots above the "
+            f"demand {budget['demand']} + {budget['required_max_connections'] - budget['demand']} reserved; headroom "
+            f"keeps {default_spare(budget['demand'])} ({SPARE_RULE}) on the servers it sizes, for clients nobody declared"
+        )
+    return entry
 
 
 def _primaries(hostvars, servers):
@@ -581,8 +676,11 @@ def _over_message(host, server, budget, resources, engine_error):
     )
 
 
-def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
+def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_servers=None):
     """Per server: resources, demand and its contributors, ceiling, headroom, settings; per PgBouncer host its sizing.
+
+    ``external_servers`` (headroom_external_servers) are servers outside the inventory; each is
+    planned in ``external_servers`` of the result against its declared max_connections.
 
     Nothing raises for a server over its ceiling: it gets verdict 'over' and a problem
     sentence, and ``problems`` lists them, so a caller can report before it fails.
@@ -599,6 +697,7 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
     names = {host: dict.fromkeys(SERVER_VARIABLES) for host in servers}
     for host in poolers:
         names[host] = names.get(host, {}) | dict.fromkeys(POOLER_VARIABLES)
+    external = _external_servers(_plain(external_servers), hostvars)
     # Ansible's hostvars builds a host's variables on every lookup: take each host once.
     hostvars = {host: _model_variables(hostvars[host], wanted) for host, wanted in names.items()}
     primary_of = _primaries(hostvars, servers)
@@ -609,16 +708,29 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
         address = hostvars[host].get("ansible_host")
         if address:
             addresses.setdefault(address, host)
-    server_cpus_of = {host: resources[host]["cpus"] for host in servers}
-    pooler_plans = {
-        host: _pooler(hostvars, host, set(servers), addresses, server_cpus_of, defaults, groups) for host in poolers
+    for name, server in external.items():
+        addresses.setdefault(server["address"], name)
+    server_cpus_of = {host: resources[host]["cpus"] for host in servers} | {
+        name: server["cpus"] for name, server in external.items()
     }
-    declared_clients = _direct_clients(direct_clients, groups, set(servers))
+    pooler_plans = {
+        host: _pooler(hostvars, host, set(servers) | set(external), addresses, server_cpus_of, defaults, groups)
+        for host in poolers
+    }
+    declared_clients = _direct_clients(direct_clients, groups, set(servers), external)
     role_limits = _role_limits(declared_clients, pooler_plans, primary_of)
     clients, reserved_roles = _reserved_clients([dict(client) for client in declared_clients], resources, specs)
     try:
         budget = pg_connection_budget(
-            {host: {"spec": specs[host]} for host in servers},
+            {host: {"spec": specs[host]} for host in servers}
+            | {
+                name: {
+                    "ceiling": server["max_connections"],
+                    "superuser_reserved_connections": server["superuser_reserved_connections"],
+                    "reserved_connections": server["reserved_connections"],
+                }
+                for name, server in external.items()
+            },
             [plan["sizing"] | {"host": host} for host, plan in pooler_plans.items()],
             clients,
         )
@@ -694,12 +806,18 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None):
         entry["headroom"] = entry["ceiling"] - settings["max_connections"]
     for host in servers:
         planned[host].pop("spec")
+    external_plans = {name: _external_plan(name, server, budget[name]) for name, server in external.items()}
+    for entry in external_plans.values():
+        if entry["problem"]:
+            problems.append(entry["problem"])
+        warnings.extend(entry["warnings"])
     for host, pooler_plan in pooler_plans.items():
         if pooler_plan["problem"]:
             problems.append(pooler_plan["problem"])
         warnings.extend(pooler_plan["warnings"])
     return {
         "servers": {host: planned[host] for host in servers},
+        "external_servers": external_plans,
         "poolers": pooler_plans,
         "problems": problems,
         "warnings": warnings,
@@ -749,6 +867,16 @@ def _client_words(pooler_plan):
     return f"clients {clients['demand']} ({_application_words(clients['applications'])}) against {limit}"
 
 
+def _external_line(name, server):
+    contributors = ", ".join(f"{item['name']} {item['connections']}" for item in server["contributors"])
+    head = (
+        f"{name} (outside the inventory, {server['address']}:{server['port']}): demand {server['demand']} "
+        f"({contributors or 'none'}) + {server['required_max_connections'] - server['demand']} reserved against its "
+        f"declared max_connections {server['max_connections']}"
+    )
+    return f"{head}; PROBLEM: {server['problem']}" if server["problem"] else f"{head}; headroom {server['headroom']}"
+
+
 def fleet_plan_lines(plan):
     """One line per server and per PgBouncer host of a fleet_plan result, for the console."""
     lines = []
@@ -773,6 +901,9 @@ def fleet_plan_lines(plan):
             lines.append("  shares (CONNECTION LIMIT): " + ", ".join(
                 f"{role} {limit}" for role, limit in server["role_connection_limits"].items()))
         lines += [f"  warning: {warning}" for warning in server["warnings"]]
+    for name, server in plan.get("external_servers", {}).items():
+        lines.append(_external_line(name, server))
+        lines += [f"  warning: {warning}" for warning in server["warnings"]]
     for name, pooler in plan["poolers"].items():
         head = (
             f"{name} (PgBouncer): {_client_words(pooler)}; {pooler['server_connection_allowance']} server connections "
@@ -785,8 +916,9 @@ def fleet_plan_lines(plan):
 
 def fleet_plan_markdown(plan):
     """A fleet_plan result as the Markdown of reports/plan.md."""
-    servers, poolers = plan["servers"], plan["poolers"]
-    out = ["# Fleet plan", "", f"{len(servers)} PostgreSQL server(s), {len(poolers)} PgBouncer host(s).", ""]
+    servers, poolers, external = plan["servers"], plan["poolers"], plan.get("external_servers", {})
+    outside = f", {len(external)} server(s) outside the inventory" if external else ""
+    out = ["# Fleet plan", "", f"{len(servers)} PostgreSQL server(s){outside}, {len(poolers)} PgBouncer host(s).", ""]
     if plan["problems"]:
         out += [f"**{len(plan['problems'])} problem(s): no host may be changed until they are fixed.**", ""]
         out += [f"- {problem}" for problem in plan["problems"]] + [""]
@@ -819,9 +951,26 @@ def fleet_plan_markdown(plan):
             settings.get("effective_cache_size", ""),
         ]
         out.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    if external:
+        out += [
+            "",
+            "## Servers outside the inventory",
+            "",
+            "Declared in headroom_external_servers: headroom changes nothing on them, and counts the fleet's pools "
+            "and direct clients against the max_connections their operator set.",
+            "",
+            "| server | address | max_connections (declared) | reserved | demand | headroom | verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        out += [
+            f"| {name} | {e['address']}:{e['port']} | {e['max_connections']} | "
+            f"{e['required_max_connections'] - e['demand']} | {e['demand']} | {e['headroom']} | {e['verdict']} |"
+            for name, e in external.items()
+        ]
     out += ["", "## Demand by contributor", ""]
-    for name, s in servers.items():
-        if not s["contributors"] and not s["parity"]:
+    demand_of = dict(servers) | external
+    for name, s in demand_of.items():
+        if not s["contributors"] and not s.get("parity"):
             continue
         out += [f"### {name}", ""]
         out += [f"- {c['name']} ({c['kind']}): {c['connections']}" for c in s["contributors"]]
@@ -831,7 +980,7 @@ def fleet_plan_markdown(plan):
         )
         out += [
             f"- standby parity: {p['setting']} raised from {p['own']} to {p['raised_to']} (primary {s['primary']})"
-            for p in s["parity"]
+            for p in s.get("parity", [])
         ]
         out.append("")
     out += [
@@ -881,7 +1030,7 @@ def fleet_plan_markdown(plan):
     return "\n".join(out) + "\n"
 
 
-def fleet_plan_report(hostvars, groups, direct_clients=None, defaults=None):
+def fleet_plan_report(hostvars, groups, direct_clients=None, defaults=None, external_servers=None):
     """fleet_plan, rendered as everything plan.yml writes and prints, in one call.
 
     reports/plan.json is the plan as to_nice_json(sort_keys=true) writes it. Planning and
@@ -889,7 +1038,7 @@ def fleet_plan_report(hostvars, groups, direct_clients=None, defaults=None):
     Ansible's variables: Ansible wraps a filter's result for lazy templating before the
     next filter or task sees it, and walking that wrapper costs more than the plan.
     """
-    plan = fleet_plan(hostvars, groups, direct_clients, defaults)
+    plan = fleet_plan(hostvars, groups, direct_clients, defaults, external_servers)
     return {
         "json": json.dumps(plan, indent=4, sort_keys=True, separators=(",", ": ")) + "\n",
         "markdown": fleet_plan_markdown(plan),

@@ -5,7 +5,8 @@ vars/main.yml: each ``pgbouncer_<key>`` under ``<key>``) and returns the message
 they break, each naming the variable and the value it got; an empty list lets the role go on.
 argument_specs already checked types and choices; these rules cover what a type cannot say:
 names and paths that reach a config file unquoted, ports, minimums, TLS beyond loopback, and
-what each auth mode needs from the inventory, and client shares for users and entries that exist.
+what each auth mode needs from the inventory, what a server outside the inventory needs (its
+users' verifiers, TLS verify-full), and client shares for users and entries that exist.
 
 Numbers convert the way Jinja's ``int`` filter does (a value given with -e may be a string;
 what does not convert counts as 0), so the rules refuse what the role's asserts refused.
@@ -30,6 +31,9 @@ _STARTUP_PARAMETER = r"^[a-z_]+\Z"
 _HBA_SOURCE = r"^([0-9A-Fa-f:.]+/[0-9]{1,3})?\Z"
 _LOOPBACK = r"^(127[.][0-9.]+|::1|localhost)\Z"
 _CLIENT_TLS_MODES = ("require", "verify-ca", "verify-full")
+# A SCRAM-SHA-256 verifier as PostgreSQL stores it (pg_authid.rolpassword, RFC 5803 layout):
+# SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, base64 parts.
+_SCRAM_VERIFIER = r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}:[A-Za-z0-9+/]+={0,2}\Z"
 
 # The sizes and timeouts that may not go below a minimum: (key, minimum).
 MINIMUMS = (
@@ -56,7 +60,8 @@ MINIMUMS = (
 INPUTS = (
     "databases", "listen_addr", "listen_port", "unix_socket_dir",
     "client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file",
-    "server_tls_cert_file", "server_tls_key_file", "server_tls_ca_file",
+    "server_tls_sslmode", "server_tls_cert_file", "server_tls_key_file", "server_tls_ca_file",
+    "external_servers", "user_verifiers",
     "admin_users", "stats_users", "auth_user", "auth_schema", "auth_mode",
     "ignore_startup_parameters", "hba_source", "user_client_limits", "database_client_limits",
 ) + tuple(key for key, _minimum in MINIMUMS)
@@ -201,6 +206,16 @@ def names(inputs, host, known_hosts):
     ]
 
 
+def _external(inputs, db):
+    """The name of the server outside the inventory an entry reaches (by name or address), else None."""
+    servers = inputs["external_servers"] if isinstance(inputs["external_servers"], dict) else {}
+    server = db.get("host")
+    for name, declared in servers.items():
+        if server == name or (isinstance(declared, dict) and server == declared.get("address")):
+            return name
+    return None
+
+
 def _reachable(db, host, known_hosts):
     """The entry's server is an inventory host, or a local socket directory."""
     return db.get("host", host) in known_hosts or _matches(r"^/", db.get("host", ""))
@@ -215,7 +230,7 @@ def userlist_mode(inputs, host, known_hosts):
         f" entry {_json(db.get('name'))} needs users as a list of names (got {_json(db.get('users'))}) and host an"
         f" inventory hostname or a local socket directory (got {_json(db.get('host', host))})."
         for db in _databases(inputs)
-        if _is_integer(db.get("users")) or not _reachable(db, host, known_hosts)
+        if _external(inputs, db) is None and (_is_integer(db.get("users")) or not _reachable(db, host, known_hosts))
     ]
 
 
@@ -231,7 +246,53 @@ def auth_query_over_tcp(inputs, host, known_hosts):
         " pgbouncer_server_tls_cert_file and pgbouncer_server_tls_key_file (certificate CN ="
         f" {inputs['auth_user']})."
         for db in _databases(inputs)
-        if db.get("host", host) != host and not _matches(r"^/", db.get("host", ""))
+        if db.get("host", host) != host and not _matches(r"^/", db.get("host", "")) and _external(inputs, db) is None
+    ]
+
+
+def outside_the_inventory(inputs, host, known_hosts):
+    """A server outside the inventory is not prepared by the role: its users' verifiers are given, TLS verifies it."""
+    if not isinstance(inputs["external_servers"], dict):
+        return [f"pgbouncer_external_servers (headroom_external_servers) must be a dict of server name to its declaration"
+                f" (got {_json(inputs['external_servers'])})."]
+    out = []
+    verifiers = inputs["user_verifiers"] if isinstance(inputs["user_verifiers"], dict) else {}
+    for db in _databases(inputs):
+        name = _external(inputs, db)
+        if name is None:
+            continue
+        users = db.get("users")
+        missing = [user for user in users if user not in verifiers] if isinstance(users, list) else None
+        if missing is None or missing:
+            out.append(
+                f"pgbouncer_databases entry {_json(db.get('name'))} reaches {name}, a server outside the inventory, where"
+                " the role reads and prepares nothing: list its users by name and give each its SCRAM verifier (as the"
+                " server stores it) in pgbouncer_user_verifiers, in either auth mode (got users"
+                f" {_json(users)}{'' if missing is None else ', no verifier for ' + ', '.join(map(str, missing))})."
+            )
+        if inputs["server_tls_sslmode"] != "verify-full" or inputs["server_tls_ca_file"] == "":
+            out.append(
+                f"pgbouncer_databases entry {_json(db.get('name'))} reaches {name}, a server outside the inventory, over"
+                " the network: set pgbouncer_server_tls_sslmode verify-full and pgbouncer_server_tls_ca_file to the CA"
+                f" that signed its certificate (got sslmode {_json(inputs['server_tls_sslmode'])}, CA file"
+                f" {_json(inputs['server_tls_ca_file'])})."
+            )
+    return out
+
+
+def user_verifiers(inputs, host, known_hosts):
+    """Given verifiers: user names that write unquoted, SCRAM-SHA-256 verifiers (never a password)."""
+    verifiers = inputs["user_verifiers"]
+    if not isinstance(verifiers, dict):
+        return [f"pgbouncer_user_verifiers must be a dict of user name to SCRAM-SHA-256 verifier (got a"
+                f" {type(verifiers).__name__})."]
+    # The value is a secret: the message names the user and the rule, never the value.
+    return [
+        f"pgbouncer_user_verifiers entry {_json(user)} is not allowed: the user must match {NAME_PATTERN} and the value"
+        " be a SCRAM-SHA-256 verifier as PostgreSQL stores it (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>),"
+        " not a password or an md5 hash."
+        for user, verifier in verifiers.items()
+        if not _matches(NAME_PATTERN, user) or not _matches(_SCRAM_VERIFIER, verifier)
     ]
 
 
@@ -260,7 +321,7 @@ def client_limits(inputs, host, known_hosts):
 
 
 RULES = (database_list, database_entries, listen, client_tls_beyond_loopback, client_tls_files, minimums, names,
-         userlist_mode, auth_query_over_tcp, client_limits)
+         userlist_mode, auth_query_over_tcp, outside_the_inventory, user_verifiers, client_limits)
 
 
 def pgbouncer_refusals(inputs, inventory_hostname, known_hosts):

@@ -379,3 +379,89 @@ def test_pools_over_a_servers_ceiling_fail_before_any_host_changes():
     assert "smaller pools" in output and "transaction pooling" in output and "more memory" in output
     assert "PostgreSQL servers" not in output  # the play that changes servers never started
     assert fingerprint() == before
+
+
+# The server outside the inventory (prepare.yml): declared in headroom_external_servers with
+# max_connections 40 and 2 CPUs; pgb2 reaches it as entry "orders" for user orders_app.
+EXT, EXT_ADDRESS, EXT_MAX_CONNECTIONS = "orders-ext", "headroom-fleet-ext", 40
+
+
+def test_pgbouncer_reaches_the_server_outside_the_inventory_over_verified_tls_without_a_stored_password():
+    # The query runs on the external server: its own view of the session says TLS.
+    out = node(PGB2).check_output(
+        f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p 6432 -U orders_app -d orders -c "
+        "'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+    )
+    assert out == "t"
+    console = "/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s"
+    config = {row["key"]: row["value"] for row in json.loads(node(PGB2).check_output(console, "SHOW CONFIG"))["rows"]}
+    assert config["server_tls_sslmode"] == "verify-full"
+    assert config["server_tls_ca_file"] == "/etc/ssl/certs/headroom-fleet-ca.pem"
+    databases = {row["name"]: row for row in json.loads(node(PGB2).check_output(console, "SHOW DATABASES"))["rows"]}
+    assert (databases["orders"]["host"], databases["orders"]["port"]) == (EXT_ADDRESS, "5432")
+    assert int(databases["orders"]["pool_size"]) == pool_rule(2)  # the declared CPUs
+    # The userlist holds the verifier the operator gave, not a password.
+    userlist = node(PGB2).file("/etc/pgbouncer/userlist.txt")
+    assert (userlist.mode, userlist.user, userlist.group) == (0o640, "postgres", "postgres")
+    line = next(line for line in userlist.content_string.splitlines() if line.startswith('"orders_app" '))
+    assert line.split(" ", 1)[1].startswith('"SCRAM-SHA-256$4096:') and PASSWORD not in userlist.content_string
+
+
+def test_site_yml_changed_nothing_on_the_server_outside_the_inventory():
+    ext = node(EXT_ADDRESS)
+    assert "headroom" not in ext.file("/etc/postgresql/15/main/pg_hba.conf").content_string
+    assert not ext.file("/etc/postgresql/15/main/conf.d/50-headroom.conf").exists
+    assert ext.check_output("runuser -u postgres -- psql -XAtq -c 'SHOW max_connections'") == str(EXT_MAX_CONNECTIONS)
+
+
+def test_verify_full_refuses_a_server_whose_certificate_names_another_host():
+    """PgBouncer's verify-full with pgb2's CA and userlist: the server by its name passes, by its IP address
+    (not in its certificate) the handshake is refused."""
+    address = subprocess.run(
+        ["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", EXT_ADDRESS],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    pooler = node(PGB2)
+    # A throwaway PgBouncer: two entries that differ only in how they name the server.
+    pooler.check_output(
+        "install -d -o postgres /tmp/verify-full && printf '%%s\\n' '[databases]' "
+        "'by_name = host=%s dbname=orders' 'by_address = host=%s dbname=orders' '[pgbouncer]' "
+        "'listen_addr = 127.0.0.1' 'listen_port = 6499' 'unix_socket_dir = /tmp/verify-full' "
+        "'auth_type = scram-sha-256' 'auth_file = /etc/pgbouncer/userlist.txt' 'query_wait_timeout = 3' "
+        "'server_tls_sslmode = verify-full' 'server_tls_ca_file = /etc/ssl/certs/headroom-fleet-ca.pem' "
+        "'pidfile = /tmp/verify-full/pgbouncer.pid' 'logfile = /tmp/verify-full/pgbouncer.log' "
+        "> /tmp/verify-full/pgbouncer.ini && runuser -u postgres -- pgbouncer -d /tmp/verify-full/pgbouncer.ini",
+        EXT_ADDRESS, address,
+    )
+    query = "'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+    login = f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p 6499 -U orders_app -c {query} -d"
+    try:
+        by_name, by_address = pooler.run(f"{login} by_name"), pooler.run(f"{login} by_address")
+        log = pooler.file("/tmp/verify-full/pgbouncer.log").content_string
+    finally:
+        pooler.run("kill $(cat /tmp/verify-full/pgbouncer.pid); rm -rf /tmp/verify-full")
+    assert (by_name.rc, by_name.stdout.strip()) == (0, "t"), by_name.stderr
+    assert by_address.rc != 0 and "query_wait_timeout" in by_address.stderr, by_address.stdout
+    assert f"TLS handshake error: name `{address}' not present in server certificate" in log, log
+
+
+def test_plan_counts_the_pools_and_clients_of_the_server_outside_the_inventory(tmp_path):
+    result = playbook("plan.yml", "-e", f"connection_budget_report_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    planned = json.loads((tmp_path / "plan.json").read_text())["external_servers"][EXT]
+    demand = pool_rule(2) + 2  # pgb2's orders pool (1 process), the orders reports direct client
+    assert (planned["demand"], planned["verdict"]) == (demand, "ok")
+    assert planned["headroom"] == EXT_MAX_CONNECTIONS - demand - 3
+    assert f"| {EXT} | {EXT_ADDRESS}:5432 | {EXT_MAX_CONNECTIONS} | 3 | {demand} |" in (tmp_path / "plan.md").read_text()
+
+
+def test_pools_over_the_declared_max_connections_of_a_server_outside_the_inventory_fail_before_any_host_changes():
+    before = fingerprint()
+    small = json.dumps({"headroom_external_servers": {EXT: {"address": EXT_ADDRESS, "max_connections": 10, "cpus": 2}}})
+    result = playbook("site.yml", "-e", small)
+    output = (result.stdout + result.stderr).replace("\n", " ")
+    assert result.returncode != 0
+    assert f"{EXT} (outside the inventory) is over its connection ceiling" in output, output
+    assert "declared max_connections is 10" in output
+    assert "PostgreSQL servers" not in output
+    assert fingerprint() == before

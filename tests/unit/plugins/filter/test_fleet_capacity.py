@@ -329,3 +329,16 @@ def test_a_host_with_two_clusters_matches_declarations_by_its_inventory_hostname
                             {}, None, declarations([{"name": "leaky", "target": "db1", "connections": 1}]), NOW)
     leaky = application(report, "leaky", "db1:15/main")
     assert (leaky["over"], shlex.split(report["flags"][0]["command"])[3]) == (1, "db1")
+
+
+def test_pools_and_direct_clients_of_a_server_outside_the_inventory_are_declared_and_its_pgbouncer_side_still_read():
+    external = {"orders-rds": {"address": "orders.example", "max_connections": 100, "cpus": 2}}
+    pooler = POOLER | {"pgbouncer_databases": [{"name": "appdb", "host": "orders-rds", "users": ["app"]}]}
+    hostvars = {"db1": {}, "pgb1": pooler}
+    declared = capacity_declarations(hostvars, {"postgresql": ["db1"], "pgbouncer": ["pgb1"]},
+                                     [{"name": "cron", "target": "orders-rds", "connections": 2}], DEFAULTS, external)
+    assert declared["poolers"]["pgb1"]["databases"] == {"appdb": "orders-rds"}
+    assert declared["direct"][0]["target"] == "orders-rds"
+    # Nothing probes the server itself: the PgBouncer host's clients are still matched.
+    report = fleet_capacity({"db1": probe([])}, {"pgb1": pgbouncer_probe([client("shop")] * 5)}, None, declared, NOW)
+    assert application(report, "shop", "pgb1")["held"] == 5

@@ -730,3 +730,116 @@ def test_the_markdown_and_the_console_lines_show_client_demand_against_max_clien
 def test_bad_pgbouncer_clients_fail_naming_the_host_the_variable_and_what_is_allowed(sentence, clients, message):
     with pytest.raises(AnsibleFilterError, match=rf"pgbouncer host app1: headroom_pgbouncer_clients.*{message}"):
         client_plan(headroom_pgbouncer_clients=clients)
+
+
+# Servers outside the inventory (headroom_external_servers): counted, never sized.
+RDS = {"address": "orders.abc123.eu-west-1.rds.amazonaws.com", "max_connections": 100, "reserved_connections": 2, "cpus": 2}
+
+
+def external_plan(hostvars, external, clients=None):
+    groups = {
+        "postgresql": [h for h, v in hostvars.items() if "headroom_postgresql_version" in v],
+        "pgbouncer": [h for h, v in hostvars.items() if "pgbouncer_databases" in v],
+    }
+    return fleet_plan(hostvars, groups, clients, DEFAULTS, external)
+
+
+def test_an_external_server_counts_the_pools_and_direct_clients_that_reach_it_against_its_declared_max_connections():
+    result = external_plan(
+        {
+            "db1": server(),
+            "app1": bouncer({"name": "orders", "host": "orders-rds", "users": ["a", "b"], "pool_size": 10},
+                            {"name": "local", "host": "db1", "users": ["a"], "pool_size": 5}),
+        },
+        {"orders-rds": RDS},
+        clients=[{"name": "cron", "target": "orders-rds", "connections": 4}],
+    )
+    orders = result["external_servers"]["orders-rds"]
+    assert orders["demand"] == 2 * 10 + 4
+    assert orders["required_max_connections"] == 24 + 3 + 2
+    assert orders["headroom"] == 100 - 29
+    assert orders["verdict"] == "ok" and orders["problem"] is None
+    assert orders["address"] == RDS["address"] and orders["port"] == 5432
+    # The local entry still counts against db1, and nothing of orders-rds lands there.
+    assert result["servers"]["db1"]["demand"] == 5
+    assert result["ok"]
+    assert "orders-rds" in result["poolers"]["app1"]["targets"]
+
+
+def test_an_external_server_over_its_declared_max_connections_is_a_problem_naming_it_and_the_fix():
+    result = external_plan(
+        {"db1": server(), "app1": bouncer({"name": "orders", "host": "orders-rds", "users": 5, "pool_size": 20})},
+        {"orders-rds": RDS},
+    )
+    assert not result["ok"]
+    (problem,) = result["problems"]
+    assert problem.startswith("orders-rds (outside the inventory) is over its connection ceiling: the fleet may open 100")
+    assert "declared max_connections is 100" in problem and "headroom_external_servers" in problem
+
+
+def test_an_external_server_with_few_spare_slots_gets_a_warning_not_a_problem():
+    result = external_plan(
+        {"db1": server(), "app1": bouncer({"name": "orders", "host": "orders-rds", "users": 4, "pool_size": 22})},
+        {"orders-rds": RDS},
+    )
+    assert result["ok"]
+    assert [w for w in result["warnings"] if w.startswith("orders-rds: max_connections 100 leaves 7 spare slots")]
+
+
+def test_an_entry_may_name_an_external_server_by_its_address():
+    result = external_plan(
+        {"db1": server(), "app1": bouncer({"name": "orders", "host": RDS["address"], "users": 1, "pool_size": 3})},
+        {"orders-rds": RDS},
+    )
+    assert result["external_servers"]["orders-rds"]["demand"] == 3
+
+
+def test_the_pool_rule_needs_the_cpus_of_an_external_server_or_pgbouncer_server_cpus():
+    hostvars = {"db1": server(), "app1": bouncer({"name": "orders", "host": "orders-rds", "users": 1})}
+    without_cpus = {k: v for k, v in RDS.items() if k != "cpus"}
+    with pytest.raises(AnsibleFilterError, match=r"CPUs of orders-rds.*headroom_external_servers.orders-rds.*pgbouncer_server_cpus"):
+        external_plan(hostvars, {"orders-rds": without_cpus})
+    hostvars["app1"]["pgbouncer_server_cpus"] = 4
+    assert external_plan(hostvars, {"orders-rds": without_cpus})["ok"]
+
+
+@pytest.mark.parametrize(
+    ("external", "match"),
+    [
+        ({"db1": RDS}, r"headroom_external_servers.db1: .* no inventory host, got 'db1'"),
+        ({"x": {"max_connections": 10}}, r"headroom_external_servers.x needs the key\(s\) address"),
+        ({"x": {"address": "x.example", "max_connections": 10, "size": 1}}, r"unknown key\(s\) size"),
+        ({"x": {"address": "/var/run/postgresql", "max_connections": 10}}, r"x.address must be the DNS name or IP"),
+        ({"x": {"address": "x.example", "max_connections": 3}}, r"x.max_connections must be at least 4, got 3"),
+        ({"x": {"address": "x.example", "max_connections": 10, "port": 0}}, r"x.port must be at least 1"),
+        ([RDS], r"headroom_external_servers must be a mapping"),
+    ],
+)
+def test_a_bad_external_server_declaration_is_refused_naming_it(external, match):
+    with pytest.raises(AnsibleFilterError, match=match):
+        external_plan({"db1": server()}, external)
+
+
+@pytest.mark.parametrize("key", ["role", "reserved"])
+def test_a_direct_client_of_an_external_server_cannot_ask_for_a_share_headroom_cannot_enforce_there(key):
+    client = {"name": "cron", "target": "orders-rds", "connections": 2, key: "cron" if key == "role" else True}
+    with pytest.raises(AnsibleFilterError, match=rf"outside the inventory, where headroom changes nothing, so it cannot have {key}"):
+        external_plan({"db1": server()}, {"orders-rds": RDS}, clients=[client])
+
+
+def test_an_unknown_entry_host_names_headroom_external_servers_as_a_way_out():
+    with pytest.raises(AnsibleFilterError, match=r"declare it in headroom_external_servers with its max_connections"):
+        external_plan({"db1": server(), "app1": bouncer({"name": "x", "host": "elsewhere.example", "users": 1})}, {})
+
+
+def test_the_reports_show_external_servers():
+    result = external_plan(
+        {"db1": server(), "app1": bouncer({"name": "orders", "host": "orders-rds", "users": 1, "pool_size": 3})},
+        {"orders-rds": RDS},
+    )
+    lines = fleet_plan_lines(result)
+    assert any(line.startswith(f"orders-rds (outside the inventory, {RDS['address']}:5432): demand 3") for line in lines)
+    markdown = fleet_plan_markdown(result)
+    assert "## Servers outside the inventory" in markdown
+    assert f"| orders-rds | {RDS['address']}:5432 | 100 | 5 | 3 | 92 | ok |" in markdown
+    assert "1 server(s) outside the inventory" in markdown

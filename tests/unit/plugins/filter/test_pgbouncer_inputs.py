@@ -16,7 +16,14 @@ GOOD = {
        for key, value in yaml.safe_load((ROLE / "defaults/main.yml").read_text()).items()},
     "databases": [{"name": "appdb", "users": ["app"]}],
     "max_client_conn": 1000,
+    "external_servers": {},  # the default is a template: headroom_external_servers | default({})
 }
+VERIFIER = "SCRAM-SHA-256$4096:AoALRuTPAEXqA6ugduIK9g==$e3C5LEdhIReYu6NwXIliadmJUuredfDSXHQnup/Wh14=:zOwVNeQcDmKA/OecoDa2ACG8KaYGF98CNS8IXVv+T0k="
+RDS = {"orders-rds": {"address": "orders.abc.rds.amazonaws.com", "max_connections": 100}}
+# An entry to a server outside the inventory, as it is allowed: named users with verifiers, TLS verify-full.
+OUTSIDE = {"external_servers": RDS, "databases": [{"name": "orders", "host": "orders-rds", "users": ["orders_app"]}],
+           "user_verifiers": {"orders_app": VERIFIER}, "server_tls_sslmode": "verify-full",
+           "server_tls_ca_file": "/etc/ssl/certs/rds-ca.pem"}
 
 
 def refusals(known=KNOWN, **changes):
@@ -93,6 +100,19 @@ CASES = [
      {"auth_mode": "userlist", "databases": [{**ENTRY, "host": "10.0.0.9"}]}, "pgbouncer_auth_mode"),
     ("auth_query to an inventory server over TCP without a client certificate",
      {"databases": [{**ENTRY, "host": "db1"}]}, "pgbouncer_server_tls_cert_file"),
+    ("a server outside the inventory without its users' verifiers", {**OUTSIDE, "user_verifiers": {}},
+     "pgbouncer_user_verifiers"),
+    ("a server outside the inventory with a count of users",
+     {**OUTSIDE, "databases": [{"name": "orders", "host": "orders-rds", "users": 2}]}, "pgbouncer_user_verifiers"),
+    ("a server outside the inventory without TLS verify-full", {**OUTSIDE, "server_tls_sslmode": "require"},
+     "pgbouncer_server_tls_sslmode verify-full"),
+    ("a server outside the inventory without a CA", {**OUTSIDE, "server_tls_ca_file": ""},
+     "pgbouncer_server_tls_ca_file"),
+    ("a password where a verifier goes", {**OUTSIDE, "user_verifiers": {"orders_app": "secret"}},
+     "pgbouncer_user_verifiers"),
+    ("an md5 hash where a verifier goes",
+     {**OUTSIDE, "user_verifiers": {"orders_app": "md5" + "0" * 32}}, "pgbouncer_user_verifiers"),
+    ("external servers not a dict", {"external_servers": ["orders-rds"]}, "pgbouncer_external_servers"),
 ] + [(f"{key} below {minimum}", {key: minimum - 1}, f"pgbouncer_{key}")
      for key, minimum in [("max_client_conn", 1), ("server_connection_allowance", 0), ("server_cpus", 0),
                           ("default_pool_size", 0), ("reserve_pool_size", 0), ("processes", 0), ("expected_tps", 0),
@@ -124,6 +144,10 @@ def test_each_broken_rule_is_refused_with_a_message_naming_its_variable(sentence
          {"listen_addr": "*", "client_tls_sslmode": "verify-full", "client_tls_cert_file": "/etc/ssl/c.pem",
           "client_tls_key_file": "/etc/ssl/k.pem", "client_tls_ca_file": "/etc/ssl/ca.pem"}),
         ("an IPv6 hba source", {"hba_source": "fd00::5/128"}),
+        ("a server outside the inventory with verifiers and verify-full, in auth_query mode", OUTSIDE),
+        ("the same in userlist mode", {**OUTSIDE, "auth_mode": "userlist"}),
+        ("a server outside the inventory given by its address",
+         {**OUTSIDE, "databases": [{"name": "orders", "host": "orders.abc.rds.amazonaws.com", "users": ["orders_app"]}]}),
     ],
 )
 def test_allowed_inputs(sentence, changes):
@@ -201,3 +225,9 @@ def test_client_limits_for_named_users_and_entries_are_allowed():
     changes = {"databases": [ENTRY, {"name": "reports", "users": ["app", "report"]}],
                "user_client_limits": {"app": 200, "report": 20}, "database_client_limits": {"reports": 50}}
     assert refusals(**changes) == []
+
+
+def test_a_refused_verifier_is_never_shown():
+    secret = "my-password-by-mistake"
+    messages = refusals(**{**OUTSIDE, "user_verifiers": {"orders_app": secret}})
+    assert messages and secret not in " ".join(messages)
