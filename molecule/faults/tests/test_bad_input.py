@@ -20,6 +20,14 @@ from conftest import FINGERPRINT, ansible_playbook
 
 TUNING, POSTGRESQL, PGBOUNCER = "headroom.pg.postgresql_tuning", "headroom.pg.postgresql", "headroom.pg.pgbouncer"
 GOOD_POOL = {"name": "appdb", "users": ["app"]}
+# An entry for a server outside the inventory, complete but for what a case takes away.
+OUTSIDE = {
+    "headroom_external_servers": {"orders-rds": {"address": "orders.rds.invalid", "max_connections": 100}},
+    "pgbouncer_databases": [{"name": "orders", "host": "orders-rds", "users": ["orders_app"]}],
+    "pgbouncer_user_verifiers": {"orders_app": "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"},
+    "pgbouncer_server_tls_sslmode": "verify-full",
+    "pgbouncer_server_tls_ca_file": "/etc/ssl/certs/ca-certificates.crt",
+}
 
 # id: (role, variables, the variable the message must name)
 CASES = {
@@ -98,6 +106,10 @@ CASES = {
         PGBOUNCER, {"pgbouncer_databases": [{"name": "appdb\n", "users": ["app"]}]}, "pgbouncer_databases"),
     "pgbouncer unknown database target": (
         PGBOUNCER, {"pgbouncer_databases": [{**GOOD_POOL, "host": "db9.invalid"}]}, "pgbouncer_databases"),
+    "pgbouncer server outside the inventory without its users' verifiers": (
+        PGBOUNCER, {**OUTSIDE, "pgbouncer_user_verifiers": {}}, "pgbouncer_user_verifiers"),
+    "pgbouncer server outside the inventory without TLS verify-full": (
+        PGBOUNCER, {**OUTSIDE, "pgbouncer_server_tls_sslmode": "require"}, "pgbouncer_server_tls_sslmode verify-full"),
     "pgbouncer listen_addr not an address": (
         PGBOUNCER, {"pgbouncer_databases": [GOOD_POOL], "pgbouncer_listen_addr": "any interface"}, "pgbouncer_listen_addr"),
     "pgbouncer listen_addr with a newline": (

@@ -396,7 +396,7 @@ def test_pgbouncer_reaches_the_server_outside_the_inventory_over_verified_tls_wi
     console = "/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s"
     config = {row["key"]: row["value"] for row in json.loads(node(PGB2).check_output(console, "SHOW CONFIG"))["rows"]}
     assert config["server_tls_sslmode"] == "verify-full"
-    assert config["server_tls_ca_file"] == "/etc/ssl/certs/headroom-fleet-ca.pem"
+    assert config["server_tls_ca_file"] == "/etc/ssl/certs/headroom-test-ca.pem"
     databases = {row["name"]: row for row in json.loads(node(PGB2).check_output(console, "SHOW DATABASES"))["rows"]}
     assert (databases["orders"]["host"], databases["orders"]["port"]) == (EXT_ADDRESS, "5432")
     assert int(databases["orders"]["pool_size"]) == pool_rule(2)  # the declared CPUs
@@ -428,7 +428,7 @@ def test_verify_full_refuses_a_server_whose_certificate_names_another_host():
         "'by_name = host=%s dbname=orders' 'by_address = host=%s dbname=orders' '[pgbouncer]' "
         "'listen_addr = 127.0.0.1' 'listen_port = 6499' 'unix_socket_dir = /tmp/verify-full' "
         "'auth_type = scram-sha-256' 'auth_file = /etc/pgbouncer/userlist.txt' 'query_wait_timeout = 3' "
-        "'server_tls_sslmode = verify-full' 'server_tls_ca_file = /etc/ssl/certs/headroom-fleet-ca.pem' "
+        "'server_tls_sslmode = verify-full' 'server_tls_ca_file = /etc/ssl/certs/headroom-test-ca.pem' "
         "'pidfile = /tmp/verify-full/pgbouncer.pid' 'logfile = /tmp/verify-full/pgbouncer.log' "
         "> /tmp/verify-full/pgbouncer.ini && runuser -u postgres -- pgbouncer -d /tmp/verify-full/pgbouncer.ini",
         EXT_ADDRESS, address,

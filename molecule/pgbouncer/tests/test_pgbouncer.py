@@ -1174,3 +1174,41 @@ def test_a_package_upgrade_restarts_the_processes_one_at_a_time_without_a_failed
     journal = host.check_output("journalctl --no-pager -o cat --since @%s -u pgbouncer@1.service -u pgbouncer@2.service",
                                 started)
     assert "State 'stop-sigterm' timed out. Killing." in journal, journal[-2000:]
+
+
+# The server outside the inventory (prepare.yml, molecule/shared/external-server.yml): PostgreSQL 17,
+# max_connections 40, orders_app's password set as the verifier orders_verifier (molecule.yml).
+EXTERNAL = "headroom-pgbouncer-ext"
+
+
+def test_a_server_outside_the_inventory_is_reached_over_verified_tls_with_the_given_verifier(multi_host):
+    """The last test of 1.24 and 1.26 (the entry stays): in auth_query mode, the entry's user is found in
+    the userlist first, so no lookup runs on that server, and PgBouncer logs in with SCRAM pass-through."""
+    host = multi_host
+    extra = {
+        "headroom_external_servers": {"orders-ext": {"address": EXTERNAL, "max_connections": 40, "cpus": 2}},
+        "pgbouncer_databases": [{"name": "bench", "users": ["bench", "leaky"]},
+                                {"name": "orders", "host": "orders-ext", "users": ["orders_app"]}],
+        "pgbouncer_user_verifiers": {"orders_app": "{{ orders_verifier }}"},
+        "pgbouncer_server_tls_sslmode": "verify-full",
+        "pgbouncer_server_tls_ca_file": "/etc/ssl/certs/headroom-test-ca.pem",
+        "pgbouncer_server_connection_allowance": 0,  # the scenario's 84 has no room for the new entry's pools
+    }
+    result = playbook(host, "-e", json.dumps(extra))
+    assert result.returncode == 0, result.stdout[-3000:]
+    ssl = "'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+    for unit in units(host):
+        config = live_config(host, unit)
+        assert (config["server_tls_sslmode"], config["auth_type"]) == ("verify-full", "scram-sha-256"), unit
+        orders = next(row for row in console(host, "SHOW DATABASES", unit) if row["name"] == "orders")
+        assert (orders["host"], orders["port"]) == (EXTERNAL, "5432"), orders
+        # The session on the external server says TLS; each process is reached on its own socket.
+        out = host.check_output(f"PGPASSWORD={PASSWORD} PGCONNECT_TIMEOUT=10 psql -XAtq -h {config['unix_socket_dir']} "
+                                f"-p {PGBOUNCER_PORT} -U orders_app -d orders -c {ssl}")
+        assert out == "t", unit
+    # bench's own server, on the socket, is unchanged.
+    assert host.check_output(f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p {PGBOUNCER_PORT} -U bench -d bench "
+                             "-c 'SELECT 1'") == "1"
+    # The userlist holds the verifier, not the password.
+    userlist = host.file("/etc/pgbouncer/userlist.txt").content_string
+    assert '"orders_app" "SCRAM-SHA-256$4096:' in userlist and PASSWORD not in userlist
