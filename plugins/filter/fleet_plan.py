@@ -27,7 +27,13 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import client_connections, pg_connection_budget
-from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import pgbouncer_tune, sized_max_client_conn, user_shares
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import (
+    CHOSEN_AT_ZERO,
+    pgbouncer_spec,
+    pgbouncer_tune,
+    sized_max_client_conn,
+    user_shares,
+)
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size, check_keys
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import (
     DEFAULT_SUPERUSER_RESERVED,
@@ -54,16 +60,15 @@ DEBIAN_POSTGRESQL = {"11": 11, "12": 15, "13": 17, "10": 9}
 #: How many contributors a failure message names.
 TOP_CONTRIBUTORS = 3
 
-#: The pgbouncer role's sizing inputs, with the pgbouncer_tune spec key each feeds;
-#: 0 means "let the engine choose", as in roles/pgbouncer/tasks/plan.yml.
-PGBOUNCER_OPTIONAL = {
-    "pgbouncer_server_connection_allowance": "server_connection_allowance",
-    "pgbouncer_server_cpus": "server_cpus",
-    "pgbouncer_processes": "processes",
-    "pgbouncer_expected_tps": "expected_tps",
-    "pgbouncer_default_pool_size": "default_pool_size",
-}
-PGBOUNCER_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "max_db_connections")
+#: The pgbouncer role's variables its sizing reads (pgbouncer_spec, the builder both share).
+PGBOUNCER_SPEC_VARIABLES = (
+    "pgbouncer_databases",
+    "pgbouncer_pool_mode",
+    "pgbouncer_reserve_pool_size",
+    "pgbouncer_auth_mode",
+    "pgbouncer_auth_user",
+    *(f"pgbouncer_{key}" for key in CHOSEN_AT_ZERO),
+)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 CLIENT_KEYS = ("name", "target", "connections", "active", "instances", "hosts", "group", "reserved", "role")
 #: An application behind PgBouncer, declared on the PgBouncer host it connects through.
@@ -107,10 +112,7 @@ POOLER_VARIABLES = (
     # Read from the inventory only: the role's default means "size it from the clients".
     "pgbouncer_max_client_conn",
     "pgbouncer_nofile_limit",
-    "pgbouncer_pool_mode",
-    "pgbouncer_reserve_pool_size",
-    "pgbouncer_auth_mode",
-    *PGBOUNCER_OPTIONAL,
+    *PGBOUNCER_SPEC_VARIABLES,
 )
 MODEL_VARIABLES = frozenset(SERVER_VARIABLES + POOLER_VARIABLES)
 FACT_KEYS = ("memtotal_mb", "processor_nproc", "processor_vcpus", "distribution", "distribution_major_version")
@@ -258,7 +260,7 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
         if not isinstance(entry, Mapping) or not entry.get("name"):
             raise AnsibleFilterError(f"{what} must be a mapping with a name, got {entry!r}")
         targets.append(_resolve_target(entry, pooler, servers, addresses, f"{what} ({entry['name']})"))
-        entries.append({key: entry[key] for key in PGBOUNCER_DATABASE_KEYS if key in entry})
+        entries.append(entry)
     facts = _facts(hostvars, pooler)
     measured = _var(hostvars, pooler, "connection_budget_resources", {}) or {}
     cpus = _fact_cpus(facts) or _var(hostvars, pooler, "headroom_cpus", {}) or measured.get("cpus")
@@ -272,24 +274,14 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
         hostvars, pooler, groups, [entry["name"] for entry in entries],
         sorted({str(user) for entry in entries if isinstance(entry.get("users"), list) for user in entry["users"]}),
     )
-    spec = {
-        "cpus": cpus,
-        # The inventory's value, or none: then pgbouncer_tune sizes it from the declared clients
-        # (or takes its default of 1000 when none are declared), and site.yml passes the result on.
-        "max_client_conn": hostvars[pooler].get("pgbouncer_max_client_conn"),
-        "client_demand": sum(app["client_connections"] for app in applications) if applications else None,
-        "pool_mode": _var(hostvars, pooler, "pgbouncer_pool_mode", defaults),
-        "reserve_pool_size": _var(hostvars, pooler, "pgbouncer_reserve_pool_size", defaults),
-        # As roles/pgbouncer/tasks/plan.yml: the auth user's pool of each entry counts too.
-        "auth_query": _var(hostvars, pooler, "pgbouncer_auth_mode", defaults) == "auth_query",
-        "databases": entries,
-    }
-    if memory is not None:
-        spec["memory"] = memory
-    for variable, key in PGBOUNCER_OPTIONAL.items():
-        value = _var(hostvars, pooler, variable, defaults)
-        if value not in (None, 0, "0"):
-            spec[key] = value
+    # The role's own builder (roles/pgbouncer/tasks/plan.yml): the inventory's variables, else the
+    # role's defaults; max_client_conn from the inventory only, else pgbouncer_tune sizes it from
+    # the declared clients (or takes its default of 1000), and site.yml passes the result on.
+    variables = {name.removeprefix("pgbouncer_"): _var(hostvars, pooler, name, defaults) for name in PGBOUNCER_SPEC_VARIABLES}
+    variables["max_client_conn"] = hostvars[pooler].get("pgbouncer_max_client_conn")
+    spec = pgbouncer_spec(
+        variables, cpus, memory, client_demand=sum(app["client_connections"] for app in applications) if applications else None
+    )
     # The pool rule of thumb needs the server's cores: the smallest server behind this host.
     unknown_cpus = sorted({target for target in targets if server_cpus_of[target] is None})
     if not spec.get("server_cpus") and unknown_cpus:
@@ -299,7 +291,6 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
         )
     server_cpus = spec.get("server_cpus") or min(server_cpus_of[target] for target in targets)
     spec["server_cpus"] = server_cpus
-    spec = {key: value for key, value in spec.items() if value is not None}
     try:
         sized = pgbouncer_tune(spec)
     except AnsibleFilterError as err:

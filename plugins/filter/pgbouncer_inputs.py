@@ -62,7 +62,7 @@ INPUTS = (
     "client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file",
     "server_tls_sslmode", "server_tls_cert_file", "server_tls_key_file", "server_tls_ca_file",
     "external_servers", "user_verifiers",
-    "admin_users", "stats_users", "auth_user", "auth_schema", "auth_mode",
+    "admin_users", "stats_users", "auth_user", "auth_schema", "auth_mode", "pool_mode",
     "ignore_startup_parameters", "hba_source", "user_client_limits", "database_client_limits",
 ) + tuple(key for key, _minimum in MINIMUMS)
 

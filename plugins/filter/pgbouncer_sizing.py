@@ -25,6 +25,7 @@ Facts it relies on (PgBouncer documentation and source, and facts.md):
 """
 
 import math
+from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import (
@@ -87,6 +88,11 @@ SPEC_OPTIONAL = (
 )
 DATABASE_REQUIRED = ("name",)
 DATABASE_OPTIONAL = ("users", "user", "pool_size", "reserve_pool_size", "max_db_connections", "target", "pool_mode")
+
+#: The pgbouncer role's sizing inputs (pgbouncer_<name>) where 0 means "let the engine choose".
+CHOSEN_AT_ZERO = ("server_connection_allowance", "server_cpus", "processes", "expected_tps", "default_pool_size")
+#: What of a pgbouncer_databases entry sizes its pools (host, port and dbname only say where it goes).
+SIZED_DATABASE_KEYS = ("name", "users", "pool_size", "reserve_pool_size", "max_db_connections")
 
 
 def _check_database(entry, position, pool_mode, auth_pools):
@@ -364,8 +370,46 @@ def pgbouncer_tune(spec):
     }
 
 
+def pgbouncer_spec(variables, cpus, memory=None, peers=None, client_demand=None):
+    """The pgbouncer_tune spec of one PgBouncer host, from the role's variables without their prefix.
+
+    One builder for the pgbouncer role (tasks/plan.yml, on the host) and the fleet plan (on the
+    controller, from the inventory), so both size the same pools. ``variables`` holds databases,
+    pool_mode, reserve_pool_size, auth_mode, auth_user, max_client_conn and CHOSEN_AT_ZERO (others
+    are ignored); a missing, null or 0 value of these is left to the engine. ``peers`` is whether
+    the installed PgBouncer has [peers] (null: unknown, as in the plan); ``client_demand`` the
+    declared clients max_client_conn is sized from when the inventory does not give it.
+    """
+    if not isinstance(variables, Mapping):
+        raise AnsibleFilterError(f"pgbouncer_spec: variables must be a mapping of the role's inputs, got {variables!r}")
+    databases = variables.get("databases")
+    if isinstance(databases, (list, tuple)):
+        databases = [
+            {"users": 1} | {key: entry[key] for key in SIZED_DATABASE_KEYS if key in entry}
+            if isinstance(entry, Mapping) else entry
+            for entry in databases
+        ]
+    spec = {
+        "cpus": cpus,
+        "memory": memory,
+        "databases": databases,
+        "max_client_conn": variables.get("max_client_conn"),
+        "client_demand": client_demand,
+        "pool_mode": variables.get("pool_mode"),
+        "reserve_pool_size": variables.get("reserve_pool_size"),
+        # auth_query: each entry's auth user pool (it runs the lookups) counts like a user's.
+        "auth_query": variables.get("auth_mode") == "auth_query",
+        "auth_user": variables.get("auth_user"),
+        "peers": peers,
+    }
+    for key in CHOSEN_AT_ZERO:
+        if variables.get(key) not in (None, 0, "0"):
+            spec[key] = variables[key]
+    return {key: value for key, value in spec.items() if value is not None}
+
+
 class FilterModule:
-    """PgBouncer sizing filter."""
+    """PgBouncer sizing filters."""
 
     def filters(self):
-        return {"pgbouncer_tune": pgbouncer_tune}
+        return {"pgbouncer_tune": pgbouncer_tune, "pgbouncer_spec": pgbouncer_spec}

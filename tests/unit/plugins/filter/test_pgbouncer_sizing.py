@@ -4,15 +4,20 @@ import math
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import FilterModule, pgbouncer_tune, user_shares
+from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import (
+    FilterModule,
+    pgbouncer_spec,
+    pgbouncer_tune,
+    user_shares,
+)
 
 
 def bouncer(databases=None, **extra):
     return {"cpus": 2, "databases": databases or [{"name": "appdb", "users": 1}], **extra}
 
 
-def test_the_plugin_registers_pgbouncer_tune():
-    assert set(FilterModule().filters()) == {"pgbouncer_tune"}
+def test_the_plugin_registers_pgbouncer_tune_and_its_spec_builder():
+    assert set(FilterModule().filters()) == {"pgbouncer_tune", "pgbouncer_spec"}
 
 
 @pytest.mark.parametrize(
@@ -379,3 +384,26 @@ def test_without_peers_the_plan_says_why_it_runs_one_process():
     assert pgbouncer_tune(bouncer(cpus=8, expected_tps=50000, peers=True))["notes"] == []
     with pytest.raises(AnsibleFilterError, match="peers must be true or false"):
         pgbouncer_tune(bouncer(peers="no"))
+
+
+# pgbouncer_spec: the one builder of the role (tasks/plan.yml) and the fleet plan.
+def test_the_spec_takes_the_sizing_inputs_and_leaves_the_engine_what_is_0_or_unset():
+    variables = {
+        "databases": [{"name": "app", "host": "db1", "port": 5433, "users": ["a", "b"], "pool_size": 5},
+                      {"name": "ro", "host": "db2", "dbname": "app"}],
+        "pool_mode": "transaction", "reserve_pool_size": 0, "auth_mode": "auth_query", "auth_user": "pgbouncer_auth",
+        "max_client_conn": None, "server_connection_allowance": "0", "server_cpus": 4, "processes": 0,
+        "expected_tps": 0, "default_pool_size": 0, "listen_port": 6432,
+    }
+    assert pgbouncer_spec(variables, 2, None, None, 300) == {
+        "cpus": 2, "client_demand": 300, "pool_mode": "transaction", "reserve_pool_size": 0, "auth_query": True,
+        "auth_user": "pgbouncer_auth", "server_cpus": 4,
+        "databases": [{"name": "app", "users": ["a", "b"], "pool_size": 5}, {"name": "ro", "users": 1}],
+    }
+    sized = pgbouncer_tune(pgbouncer_spec(variables | {"auth_mode": "userlist"}, 2, 2**30, True))
+    assert [db["pools"] for db in sized["databases"]] == [2, 1]
+
+
+def test_the_spec_refuses_variables_that_are_not_a_mapping():
+    with pytest.raises(AnsibleFilterError, match="variables must be a mapping"):
+        pgbouncer_spec(["databases"], 2)
