@@ -5,9 +5,10 @@
 #                                    images (no procps, no sudo); the default scenario installs
 #                                    PostgreSQL on it, proving the install from nothing.
 #   headroom/debian:<release>-baked  the same plus every package the roles and tests install,
-#                                    so scenarios and the lab skip apt. PgBouncer's unit is left
-#                                    disabled, as on a host where the package was just installed
-#                                    and the role has not configured it yet.
+#                                    so scenarios and the lab skip apt. PgBouncer's and
+#                                    pgpool-II's units are left disabled, as on a host where the
+#                                    package was just installed and the role has not configured
+#                                    it yet.
 #
 # Each image carries the hash of its recipe (suite, packages, hooks) as a label and is
 # rebuilt only when the recipe changes. IMAGES="12 forky" limits the releases built.
@@ -18,10 +19,10 @@ declare -A suites=([12]=bookworm [13]=trixie [forky]=forky)
 releases=${IMAGES:-12 13 forky}
 
 base_packages=python3,systemd,systemd-sysv
-# What the roles install (postgresql, pgbouncer, procps for the unit's /bin/kill, psql) and the
-# tests use (pgbench comes with the server package; python3-psycopg for a driver's prepared
-# statements through PgBouncer, molecule/pgbouncer).
-baked_packages=$base_packages,postgresql,postgresql-client,pgbouncer,procps,python3-psycopg
+# What the roles install (postgresql, pgbouncer, pgpool2, procps for the units' /bin/kill, psql)
+# and the tests use (pgbench comes with the server package; python3-psycopg for a driver's
+# prepared statements through PgBouncer, molecule/pgbouncer).
+baked_packages=$base_packages,postgresql,postgresql-client,pgbouncer,pgpool2,procps,python3-psycopg
 
 recipe_label=org.headroom.recipe
 
@@ -53,5 +54,5 @@ for release in $releases; do
   build "headroom/debian:$release" "$suite" "$base_packages" "${hooks[@]}"
   # shellcheck disable=SC2016 # $1 is mmdebstrap's, expanded by the hook's shell
   build "headroom/debian:$release-baked" "$suite" "$baked_packages" "${hooks[@]}" \
-    --customize-hook='chroot "$1" systemctl disable --quiet pgbouncer.service'
+    --customize-hook='chroot "$1" systemctl disable --quiet pgbouncer.service pgpool2.service'
 done
