@@ -4,7 +4,7 @@ Each test asserts on live state: pgbench runs against the server directly and th
 pgpool-II, SHOW pool_status answers through pgpool-II, pg_stat_activity is sampled during the
 run, the files on disk are what the role promised. The sizes are what the role computed for
 one node in front of max_connections 100 with one application user: (100 - 3 superuser slots
-- 2 check connections) = 95 children of one pooled connection each.
+- 2 check connections - 2 closing margin) = 93 children of one pooled connection each.
 """
 
 import json
@@ -20,7 +20,7 @@ BENCH_PASSWORD = "headroom-bench:only"  # molecule.yml group_vars
 CHECK_PASSWORD = "headroom-check-only"
 POOL_KEY = "headroom-test-key-only"
 PORT = 9999
-NUM_INIT_CHILDREN = 95
+NUM_INIT_CHILDREN = 93
 MAX_POOL = 1
 SCENARIO = Path(__file__).resolve().parents[1]
 PROJECT = SCENARIO.parents[1]
@@ -102,7 +102,7 @@ def test_direct_clients_beyond_max_connections_are_refused(host):
 def test_show_pool_status_runs_the_sized_values(host):
     live = pool_status(host)
     assert (live["num_init_children"], live["max_pool"]) == (str(NUM_INIT_CHILDREN), str(MAX_POOL))
-    # Clients beyond the children queue (reserved_connections 0) in a backlog of 95 x 11 >= 1000.
+    # Clients beyond the children queue (reserved_connections 0) in a backlog of 93 x 11 >= 1000.
     assert live["reserved_connections"] == "0"
     assert live["listen_backlog_multiplier"] == "11"
     assert (live["port"], live["listen_addresses"]) == (str(PORT), "127.0.0.1")

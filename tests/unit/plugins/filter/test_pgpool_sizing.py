@@ -21,14 +21,14 @@ def test_the_plugin_registers_pgpool_tune():
     ("sentence", "given", "expected"),
     [
         (
-            "one node, one pair: 100 - 3 superuser slots - 2 check connections = 95 children of one pool",
+            "one node, one pair: 100 - 3 superuser slots - 2 check connections - 2 closing margin = 93 children of one pool",
             spec(),
-            {"num_init_children": 95, "max_pool": 1, "reserved_connections": 0, "connections_per_node": 95},
+            {"num_init_children": 93, "max_pool": 1, "reserved_connections": 0, "connections_per_node": 93},
         ),
         (
-            "two nodes share the backend: each gets half of the room left after both nodes' checks, (100 - 3 - 4) // 2",
+            "two nodes share the backend: each gets half of the room left after both nodes' checks, (100 - 3 - 8) // 2",
             spec(nodes=2),
-            {"num_init_children": 46, "max_pool": 1},
+            {"num_init_children": 44, "max_pool": 1},
         ),
         (
             "three (user, database) pairs give max_pool 3 and a third of the children",
@@ -43,17 +43,17 @@ def test_the_plugin_registers_pgpool_tune():
         (
             "the tightest backend decides: a standby with fewer slots limits every child",
             spec([server("primary", 200), server("standby", 60)]),
-            {"num_init_children": 55, "tightest_backend": "standby"},
+            {"num_init_children": 53, "tightest_backend": "standby"},
         ),
         (
             "PostgreSQL 16's reserved_connections and other clients come off the server's side",
             spec([server(reserved_connections=5, other_demand=10)]),
-            {"num_init_children": 80},
+            {"num_init_children": 78},
         ),
         (
             "cancel_headroom is the documentation's query-canceling rule: twice the connections fit",
             spec(cancel_headroom=True),
-            {"num_init_children": 47},
+            {"num_init_children": 46},
         ),
         (
             "a given num_init_children that fits is kept, max_pool sized below what is left",
@@ -68,12 +68,12 @@ def test_the_plugin_registers_pgpool_tune():
         (
             "a given max_pool gives the children that fit with it",
             spec(max_pool=2),
-            {"num_init_children": 47, "max_pool": 2},
+            {"num_init_children": 46, "max_pool": 2},
         ),
         (
-            "the listen queue holds the 1000 default clients: ceil(1000 / 95) = 11",
+            "the listen queue holds the 1000 default clients: ceil(1000 / 93) = 11",
             spec(),
-            {"listen_backlog_multiplier": 11, "listen_backlog": 1045},
+            {"listen_backlog_multiplier": 11, "listen_backlog": 1023},
         ),
         (
             "a small client demand keeps pgpool-II's default multiplier of 2",
@@ -83,7 +83,7 @@ def test_the_plugin_registers_pgpool_tune():
         (
             "the queue stops at pgpool-II's cap of 10000",
             spec(client_demand=50000),
-            {"listen_backlog_multiplier": 105, "listen_backlog": 9975},
+            {"listen_backlog_multiplier": 107, "listen_backlog": 9951},
         ),
     ],
 )
@@ -94,23 +94,27 @@ def test_sizing(sentence, given, expected):
 
 def test_every_backend_gets_nodes_times_children_times_pool():
     result = pgpool_tune(spec([server("primary", 300), server("standby", 100)], nodes=3, pairs=2))
-    # (100 - 3 - 3 x 2) // 3 = 30 per node; max_pool 2 -> 15 children.
-    assert (result["num_init_children"], result["max_pool"]) == (15, 2)
+    # (100 - 3 - 3 x (2 + 2)) // 3 = 28 per node; max_pool 2 -> 14 children.
+    assert (result["num_init_children"], result["max_pool"]) == (14, 2)
     by_name = {backend["name"]: backend for backend in result["backends"]}
-    assert by_name["standby"]["connections"] == 3 * 15 * 2 == 90
+    assert by_name["standby"]["connections"] == 3 * 14 * 2 == 84
     assert by_name["standby"]["worker_connections"] == 6
-    assert by_name["standby"]["spare"] == 91 - 90
-    assert by_name["primary"]["spare"] == 291 - 90
+    assert by_name["standby"]["spare"] == 85 - 84
+    assert by_name["primary"]["spare"] == 285 - 84
 
 
 @pytest.mark.parametrize("nodes", [1, 2, 3, 5])
-@pytest.mark.parametrize("max_connections", [20, 100, 101, 500])
+@pytest.mark.parametrize("max_connections", [30, 100, 101, 500])
 @pytest.mark.parametrize("pairs", [1, 2, 4])
 def test_the_sized_values_always_fit_every_backend(nodes, max_connections, pairs):
     result = pgpool_tune(spec([server("a", max_connections), server("b", 1000)], nodes=nodes, pairs=pairs))
     for backend in result["backends"]:
         assert nodes * result["num_init_children"] * result["max_pool"] <= backend["room"]
         assert backend["spare"] >= 0
+
+
+def test_the_closing_margin_can_be_given():
+    assert pgpool_tune(spec(closing_margin=0))["num_init_children"] == 95
 
 
 def test_queueing_is_the_default_and_reserved_connections_is_noted():
@@ -131,7 +135,7 @@ def test_a_small_somaxconn_is_noted():
             "a num_init_children above the room names the backend and the numbers",
             spec(num_init_children=96),
             r"num_init_children 96 x max_pool 1 = 96 connections do not fit backend db1: max_connections 100"
-            r" - superuser_reserved_connections 3 .* = 95",
+            r" - superuser_reserved_connections 3 .* = 93",
         ),
         (
             "the rule holds for every node",
@@ -146,7 +150,7 @@ def test_a_small_somaxconn_is_noted():
         (
             "a server full of other clients leaves no room",
             spec([server(max_connections=10, other_demand=5)]),
-            r"no room for pgpool-II: .* = 0",
+            r"no room for pgpool-II: .* = -2",
         ),
         (
             "reserved_connections at num_init_children would refuse everyone",
