@@ -92,6 +92,20 @@ def pgbench(host, clients, port, options, sample=False):
     return result, samples
 
 
+@pytest.fixture
+def refusal_host(host):
+    if name(host) != REFUSAL_HOST:
+        pytest.skip(f"the refusals run on {REFUSAL_HOST}")
+    return host
+
+
+@pytest.fixture
+def reload_host(host):
+    if name(host) != RELOAD_HOST:
+        pytest.skip(f"the reload and restart run on {RELOAD_HOST}")
+    return host
+
+
 def test_direct_clients_beyond_max_connections_are_refused(host):
     # 150 sessions at once on a server of max_connections 100 (97 for ordinary roles).
     result, _samples = pgbench(host, 150, cluster(host)["port"], "--jobs=4 --time=3")
@@ -126,21 +140,23 @@ def test_1000_clients_through_pgpool_all_succeed_within_children_times_pool(host
     # -C: pgpool-II serves one client per child for its whole session, so each transaction
     # reconnects and frees its child; one thread per client, so that no thread blocked in a
     # queued connect holds children for the clients it already connected.
-    result, samples = pgbench(host, 1000, PORT, "--connect --jobs=1000 --transactions=2", sample=True)
+    result, samples = pgbench(host, 1000, PORT, "--connect --jobs=1000 --transactions=1", sample=True)
     print(result.stdout)
     print(f"client backends on bench over {len(samples)} samples: max {max(samples)}")
     assert result.rc == 0, result.stderr
     assert "number of clients: 1000" in result.stdout
     assert re.search(r"^number of failed transactions: 0 \(0\.000%\)$", result.stdout, re.M), result.stdout
-    assert "number of transactions actually processed: 2000/2000" in result.stdout, result.stdout
+    assert "number of transactions actually processed: 1000/1000" in result.stdout, result.stdout
     assert "too many clients" not in result.stderr, result.stderr
     assert len(samples) >= 3, samples
     assert 0 < max(samples) <= NUM_INIT_CHILDREN * MAX_POOL, samples
 
 
-def test_clients_beyond_num_init_children_wait_instead_of_failing(host):
+def test_clients_beyond_num_init_children_wait_instead_of_failing(refusal_host):
     # 20 more sessions than children, each holding its child for 2 s: the last 20 wait in the
-    # listen queue for a child and then run; none is refused.
+    # listen queue for a child and then run; none is refused. On one platform (the 1000
+    # clients above queue on both): the other runs the reload and restart meanwhile.
+    host = refusal_host
     sessions = NUM_INIT_CHILDREN + 20
     script = (
         f"export PGPASSWORD='{BENCH_PASSWORD}'; start=$(date +%s); "
@@ -205,20 +221,6 @@ def test_the_candidate_check_refuses_what_pgpool_cannot_load(host, edit, complai
     # The live pgpool-II never met the throwaway one.
     assert main_pid(host) == before
     assert pool_status(host)["num_init_children"] == str(NUM_INIT_CHILDREN)
-
-
-@pytest.fixture
-def refusal_host(host):
-    if name(host) != REFUSAL_HOST:
-        pytest.skip(f"the refusals run on {REFUSAL_HOST}")
-    return host
-
-
-@pytest.fixture
-def reload_host(host):
-    if name(host) != RELOAD_HOST:
-        pytest.skip(f"the reload and restart run on {RELOAD_HOST}")
-    return host
 
 
 @pytest.mark.parametrize(
