@@ -55,11 +55,11 @@ def checksums(host):
     return host.check_output("sha1sum /etc/pgpool2/pgpool.conf /etc/pgpool2/pool_hba.conf /etc/pgpool2/pool_passwd")
 
 
-def playbook(host, extra_vars):
+def playbook(host, extra_vars, *args):
     """Run converge.yml on this host alone with molecule's inventory and config; stdout holds all output."""
     ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
     command = ["ansible-playbook", "-i", str(ephemeral / "inventory"), str(SCENARIO / "converge.yml"),
-               "--limit", name(host), "-e", json.dumps(extra_vars)]
+               "--limit", name(host), "-e", json.dumps(extra_vars), *args]
     env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600, check=False)
@@ -241,8 +241,12 @@ def test_bad_input_is_refused_before_anything_changes(refusal_host, extra_vars, 
 
 def test_a_reload_applies_what_it_can_and_the_rest_waits_for_an_allowed_restart(reload_host):
     before = main_pid(reload_host)
-    run = playbook(reload_host, {"pgpool_client_idle_limit": 300, "pgpool_num_init_children": 40})
+    # -vvv: the run that rewrites pgpool.conf and reloads shows every task's arguments and
+    # results, and still no password or key (no_log, passwords on stdin).
+    run = playbook(reload_host, {"pgpool_client_idle_limit": 300, "pgpool_num_init_children": 40}, "-vvv")
     assert run.returncode == 0, run.stdout
+    for secret in (BENCH_PASSWORD, CHECK_PASSWORD, POOL_KEY):
+        assert secret not in run.stdout
     assert "PENDING RESTART" in run.stdout and "num_init_children" in run.stdout, run.stdout
     live = pool_status(reload_host)
     # client_idle_limit went live by the reload; num_init_children waits, in the same process.
