@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.connection_budget import client_connections
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
+    _addresses,
     _direct_clients,
     _external_servers,
     _model_variables,
@@ -154,12 +155,7 @@ def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None, 
                 "declared": connections * instances,
             }
         )
-    addresses = {}
-    for host in servers:
-        if models[host].get("ansible_host"):
-            addresses.setdefault(models[host]["ansible_host"], host)
-    for name, server in external.items():
-        addresses.setdefault(server["address"], name)
+    addresses = _addresses(models, servers, external)
     declared_poolers = {}
     for pooler in poolers:
         entries = _var(models, pooler, "pgbouncer_databases", defaults) or []

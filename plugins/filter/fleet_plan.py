@@ -225,6 +225,17 @@ def _server_spec(hostvars, host, resources, defaults):
     )
 
 
+def _addresses(hostvars, servers, external):
+    """Each server's address (an inventory server's ansible_host, an external one's address) -> its name."""
+    addresses = {}
+    for host in servers:
+        if hostvars[host].get("ansible_host"):
+            addresses.setdefault(hostvars[host]["ansible_host"], host)
+    for name, server in external.items():
+        addresses.setdefault(server["address"], name)
+    return addresses
+
+
 def _resolve_target(entry, pooler, servers, addresses, what):
     """The server an entry of pgbouncer_databases points at, as an inventory hostname."""
     host = entry.get("host", pooler)
@@ -593,7 +604,7 @@ def _external_servers(declared, hosts):
 def _external_plan(name, server, budget):
     """A server outside the inventory: its budget against its declared max_connections, with problem and warnings."""
     entry = server | budget | {"problem": None, "warnings": []}
-    top = "; ".join(f"{item['name']} {item['connections']}" for item in budget["contributors"][:TOP_CONTRIBUTORS])
+    top = _top_contributors(budget)
     if budget["verdict"] == "over":
         entry["problem"] = (
             f"{name} (outside the inventory) is over its connection ceiling: the fleet may open {budget['demand']} "
@@ -652,10 +663,15 @@ def _parity_value(settings, name):
     return int(settings.get(name, PARITY_DEFAULTS[name]))
 
 
-def _over_message(host, server, budget, resources, engine_error):
-    top = "; ".join(
+def _top_contributors(budget):
+    """The largest contributors of a server's demand, for a failure message."""
+    return "; ".join(
         f"{item['name']} {item['connections']}" for item in budget["contributors"][:TOP_CONTRIBUTORS]
     ) or "none"
+
+
+def _over_message(host, server, budget, resources, engine_error):
+    top = _top_contributors(budget)
     return (
         f"{host} is over its connection ceiling: the fleet may open {budget['demand']} connections "
         f"(+ {budget['required_max_connections'] - budget['demand']} reserved = {budget['required_max_connections']}) "
@@ -694,13 +710,7 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_se
     primary_of = _primaries(hostvars, servers)
     resources = {host: _server_resources(hostvars, host, defaults) for host in servers}
     specs = {host: _server_spec(hostvars, host, resources[host], defaults) for host in servers}
-    addresses = {}
-    for host in servers:
-        address = hostvars[host].get("ansible_host")
-        if address:
-            addresses.setdefault(address, host)
-    for name, server in external.items():
-        addresses.setdefault(server["address"], name)
+    addresses = _addresses(hostvars, servers, external)
     server_cpus_of = {host: resources[host]["cpus"] for host in servers} | {
         name: server["cpus"] for name, server in external.items()
     }

@@ -28,6 +28,7 @@ from base64 import b64decode
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import SCRAM_VERIFIER
 
 #: Defaults of the thresholds (roles/monitoring/defaults/main.yml: monitoring_thresholds).
 THRESHOLDS = {
@@ -340,7 +341,7 @@ def scram_matches(verifier, password):
     SHA-256(HMAC(SaltedPassword, "Client Key")). The password is used as UTF-8 without SASLprep,
     which is what PostgreSQL stores for ASCII passwords.
     """
-    match = re.match(r"^SCRAM-SHA-256\$([0-9]+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)\Z", verifier or "")
+    match = re.match(SCRAM_VERIFIER, verifier or "")
     if not match:
         return False
     iterations, salt, stored_key = int(match.group(1)), b64decode(match.group(2)), b64decode(match.group(3))

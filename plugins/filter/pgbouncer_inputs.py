@@ -16,6 +16,7 @@ import json
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import SCRAM_VERIFIER
 
 # Names PgBouncer, PostgreSQL roles and databases may have here: no quote, space or control
 # character can reach a config file.
@@ -31,9 +32,6 @@ _STARTUP_PARAMETER = r"^[a-z_]+\Z"
 _HBA_SOURCE = r"^([0-9A-Fa-f:.]+/[0-9]{1,3})?\Z"
 _LOOPBACK = r"^(127[.][0-9.]+|::1|localhost)\Z"
 _CLIENT_TLS_MODES = ("require", "verify-ca", "verify-full")
-# A SCRAM-SHA-256 verifier as PostgreSQL stores it (pg_authid.rolpassword, RFC 5803 layout):
-# SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, base64 parts.
-_SCRAM_VERIFIER = r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}:[A-Za-z0-9+/]+={0,2}\Z"
 
 # The sizes and timeouts that may not go below a minimum: (key, minimum).
 MINIMUMS = (
@@ -292,7 +290,7 @@ def user_verifiers(inputs, host, known_hosts):
         " be a SCRAM-SHA-256 verifier as PostgreSQL stores it (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>),"
         " not a password or an md5 hash."
         for user, verifier in verifiers.items()
-        if not _matches(NAME_PATTERN, user) or not _matches(_SCRAM_VERIFIER, verifier)
+        if not _matches(NAME_PATTERN, user) or not _matches(SCRAM_VERIFIER, verifier)
     ]
 
 

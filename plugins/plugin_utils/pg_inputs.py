@@ -10,6 +10,12 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_units import parse_size
 
+#: A SCRAM-SHA-256 verifier as PostgreSQL stores it (pg_authid.rolpassword, RFC 5803 layout):
+#: SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, base64 parts (groups 1 to 4).
+SCRAM_VERIFIER = (
+    r"^SCRAM-SHA-256\$([0-9]+):([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2}):([A-Za-z0-9+/]+={0,2})\Z"
+)
+
 
 def check_mapping(value, what):
     """Raise unless ``value`` is a mapping."""
