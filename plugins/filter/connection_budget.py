@@ -50,6 +50,17 @@ POOL_OPTIONAL = (
     "pool_mode",
     "server_connections",
 )
+#: A pgpool-II node: a pgpool_demand result plus ``host`` and ``targets`` (its backends).
+PGPOOL_REQUIRED = ("host", "targets", "connections", "active")
+PGPOOL_OPTIONAL = (
+    "num_init_children",
+    "num_init_children_source",
+    "max_pool",
+    "cancel_headroom",
+    "pool_connections",
+    "worker_connections",
+    "closing_margin",
+)
 CLIENT_REQUIRED = ("name", "target", "connections")
 CLIENT_OPTIONAL = ("instances", "hosts", "active")
 
@@ -128,6 +139,25 @@ def _pooler_contributions(pooler, position, servers):
         )
 
 
+def _pgpool_contributions(node, position, servers):
+    """A pgpool-II node opens its children's pools and its checks to every backend it fronts."""
+    what = f"pgpool_nodes[{position}]"
+    check_keys(node, PGPOOL_REQUIRED, PGPOOL_OPTIONAL, what)
+    connections = as_int(node["connections"], f"{what}.connections", minimum=0)
+    active = as_int(node["active"], f"{what}.active", minimum=0, maximum=connections)
+    if not isinstance(node["targets"], (list, tuple)) or not node["targets"]:
+        raise AnsibleFilterError(f"{what}.targets must be a non-empty list of servers, got {node['targets']!r}")
+    shape = (
+        f" (num_init_children {node['num_init_children']} x max_pool {node['max_pool']}"
+        f"{' x 2' if node.get('cancel_headroom') else ''} + {connections - node.get('pool_connections', 0)} checks)"
+        if "num_init_children" in node and "max_pool" in node
+        else ""
+    )
+    for target in dict.fromkeys(node["targets"]):
+        _target(servers, target, f"pgpool-II node {node['host']}")
+        yield target, {"name": f"pgpool {node['host']}{shape}", "kind": "pgpool", "connections": connections, "active": active}
+
+
 def client_connections(client, what):
     """A declared client's connections per instance and its instances: ``instances`` (a count) or ``hosts``.
 
@@ -154,13 +184,15 @@ def _client_contribution(client, position, servers):
     return target, {"name": name, "kind": "direct", "connections": connections * instances, "active": active * instances}
 
 
-def pg_connection_budget(servers, poolers=None, direct_clients=None):
+def pg_connection_budget(servers, poolers=None, direct_clients=None, pgpool_nodes=None):
     """Per server: connection demand from every pooler and direct client, against its memory ceiling.
 
     demand counts, per pooler and database entry, processes x min(max_db_connections,
     (pool_size + reserve_pool_size) x users), plus each direct client's connections x
-    instances. active_demand counts the part of it that may run queries at once: every
-    pool connection, and each direct client's ``active`` (default: all its connections).
+    instances, plus each pgpool-II node's connections (pgpool_demand) to each of its backends.
+    active_demand counts the part of it that may run queries at once: every PgBouncer pool
+    connection, one per pgpool-II child and check, and each direct client's ``active``
+    (default: all its connections).
     required_max_connections adds the reserved slots. A server over its
     ceiling gets verdict 'over'; the filter does not raise for it, so callers decide.
     """
@@ -173,6 +205,9 @@ def pg_connection_budget(servers, poolers=None, direct_clients=None):
     for position, client in enumerate(direct_clients or []):
         target, item = _client_contribution(client, position, budget)
         contributions[target].append(item)
+    for position, node in enumerate(pgpool_nodes or []):
+        for target, item in _pgpool_contributions(node, position, budget):
+            contributions[target].append(item)
 
     result = {}
     for name, server in budget.items():

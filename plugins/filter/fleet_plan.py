@@ -16,6 +16,10 @@ PgBouncer hosts by pgbouncer_tune, demand is pg_connection_budget's. What it add
   (pool x instances, counted as direct clients are) against max_client_conn x processes,
   so "too many clients" does not just move to PgBouncer's "no more connections allowed
   (max_client_conn)"; an unset pgbouncer_max_client_conn is sized from that demand;
+* pgpool-II nodes (group pgpool): each node's num_init_children x max_pool and its checks
+  (pgpool_demand) are counted on every backend it fronts, and each node is told what the
+  other clients of each backend hold, so the pgpool role's own check against the running
+  max_connections is the fleet's;
 * standby parity: PostgreSQL refuses to run a hot standby whose max_connections,
   max_worker_processes, max_wal_senders, max_prepared_transactions or
   max_locks_per_transaction is below its primary's (facts.md), so a standby gets at
@@ -34,6 +38,7 @@ from ansible_collections.headroom.pg.plugins.filter.pgbouncer_sizing import (
     sized_max_client_conn,
     user_shares,
 )
+from ansible_collections.headroom.pg.plugins.filter.pgpool_sizing import pgpool_demand
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, as_size, check_keys
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import (
     DEFAULT_SUPERUSER_RESERVED,
@@ -114,7 +119,15 @@ POOLER_VARIABLES = (
     "pgbouncer_nofile_limit",
     *PGBOUNCER_SPEC_VARIABLES,
 )
-MODEL_VARIABLES = frozenset(SERVER_VARIABLES + POOLER_VARIABLES)
+#: The pgpool role's variables its sizing reads on a pgpool-II node (group pgpool).
+PGPOOL_VARIABLES = (
+    "pgpool_backends",
+    "pgpool_users",
+    "pgpool_num_init_children",
+    "pgpool_max_pool",
+    "pgpool_cancel_headroom",
+)
+MODEL_VARIABLES = frozenset(SERVER_VARIABLES + POOLER_VARIABLES + PGPOOL_VARIABLES)
 FACT_KEYS = ("memtotal_mb", "processor_nproc", "processor_vcpus", "distribution", "distribution_major_version")
 
 
@@ -342,6 +355,49 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
         "problem": problem,
         "warnings": warnings,
     }
+
+
+def _pgpool_node(hostvars, node, servers, addresses, server_cpus_of, defaults):
+    """pgpool_demand for one pgpool-II node, with the server each of its pgpool_backends reaches."""
+    entries = _var(hostvars, node, "pgpool_backends", defaults) or []
+    if not isinstance(entries, list) or not entries:
+        raise AnsibleFilterError(
+            f"pgpool host {node}: pgpool_backends must be a non-empty list of backend servers, got {entries!r}"
+        )
+    backends = []
+    for index, entry in enumerate(entries):
+        what = f"pgpool host {node}: pgpool_backends[{index}]"
+        if not isinstance(entry, Mapping) or not entry.get("host"):
+            raise AnsibleFilterError(f"{what} must be a mapping with a host, got {entry!r}")
+        backends.append(
+            {"host": entry["host"], "target": _resolve_target(entry, node, servers, addresses, what), "entry": entry}
+        )
+    targets = list(dict.fromkeys(backend["target"] for backend in backends))
+    users = _var(hostvars, node, "pgpool_users", defaults) or []
+    given = {
+        key: as_int(_var(hostvars, node, f"pgpool_{key}", defaults) or 0, f"pgpool host {node}: pgpool_{key}", minimum=0)
+        for key in ("num_init_children", "max_pool")
+    }
+    spec = {
+        "pairs": max(len(users) if isinstance(users, list) else 1, 1),
+        "cancel_headroom": bool(_var(hostvars, node, "pgpool_cancel_headroom", defaults)),
+        **{key: value for key, value in given.items() if value},
+    }
+    cpus = [server_cpus_of[target] for target in targets]
+    if "num_init_children" not in spec:
+        unknown = [target for target, count in zip(targets, cpus, strict=True) if count is None]
+        if unknown:
+            raise AnsibleFilterError(
+                f"pgpool host {node}: sizing num_init_children by the pool rule of thumb needs the CPUs of "
+                f"{', '.join(unknown)}, a server outside the inventory: set cpus in headroom_external_servers."
+                f"{unknown[0]}, or pgpool_num_init_children for {node}"
+            )
+        spec["server_cpus"] = min(cpus)
+    try:
+        sizing = pgpool_demand(spec)
+    except AnsibleFilterError as err:
+        raise AnsibleFilterError(f"pgpool host {node} (pgpool_* variables): {err.message}") from err
+    return {"sizing": sizing, "backends": backends, "targets": targets}
 
 
 def _application_words(applications):
@@ -698,12 +754,15 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_se
     direct_clients = _plain(direct_clients)
     servers = list(groups.get("postgresql") or [])
     poolers = list(groups.get("pgbouncer") or [])
+    pgpool_hosts = list(groups.get("pgpool") or [])
     if not servers:
         raise AnsibleFilterError("the inventory has no hosts in group postgresql; there is nothing to plan")
-    # What to read on each host: a server's variables, a PgBouncer host's, or both.
+    # What to read on each host: a server's variables, a PgBouncer host's, a pgpool-II node's, or several.
     names = {host: dict.fromkeys(SERVER_VARIABLES) for host in servers}
     for host in poolers:
         names[host] = names.get(host, {}) | dict.fromkeys(POOLER_VARIABLES)
+    for host in pgpool_hosts:
+        names[host] = names.get(host, {}) | dict.fromkeys(PGPOOL_VARIABLES)
     external = _external_servers(_plain(external_servers), hostvars)
     # Ansible's hostvars builds a host's variables on every lookup: take each host once.
     hostvars = {host: _model_variables(hostvars[host], wanted) for host, wanted in names.items()}
@@ -717,6 +776,10 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_se
     pooler_plans = {
         host: _pooler(hostvars, host, set(servers) | set(external), addresses, server_cpus_of, defaults, groups)
         for host in poolers
+    }
+    pgpool_plans = {
+        host: _pgpool_node(hostvars, host, set(servers) | set(external), addresses, server_cpus_of, defaults)
+        for host in pgpool_hosts
     }
     declared_clients = _direct_clients(direct_clients, groups, set(servers), external)
     role_limits = _role_limits(declared_clients, pooler_plans, primary_of)
@@ -734,6 +797,7 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_se
             },
             [plan["sizing"] | {"host": host} for host, plan in pooler_plans.items()],
             clients,
+            [plan["sizing"] | {"host": host, "targets": plan["targets"]} for host, plan in pgpool_plans.items()],
         )
     except AnsibleFilterError as err:
         raise AnsibleFilterError("connection budget") from err
@@ -816,10 +880,22 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_se
         if pooler_plan["problem"]:
             problems.append(pooler_plan["problem"])
         warnings.extend(pooler_plan["warnings"])
+    for pgpool_plan in pgpool_plans.values():
+        # What everything else holds on each backend: the pgpool role subtracts it from the running
+        # max_connections before it checks that this node's children fit.
+        for backend in pgpool_plan["backends"]:
+            backend["other_demand"] = budget[backend["target"]]["demand"] - pgpool_plan["sizing"]["connections"]
+        # pgpool_backends as site.yml hands them to the role: a larger other_demand given there is kept.
+        pgpool_plan["pgpool_backends"] = []
+        for index, backend in enumerate(pgpool_plan["backends"]):
+            entry = backend.pop("entry")
+            given = as_int(entry.get("other_demand", 0), f"pgpool_backends[{index}].other_demand", minimum=0)
+            pgpool_plan["pgpool_backends"].append(entry | {"other_demand": max(backend["other_demand"], given)})
     return {
         "servers": {host: planned[host] for host in servers},
         "external_servers": external_plans,
         "poolers": pooler_plans,
+        "pgpool": pgpool_plans,
         "problems": problems,
         "warnings": warnings,
         "ok": not problems,
@@ -912,14 +988,34 @@ def fleet_plan_lines(plan):
         )
         lines.append(f"{head}; PROBLEM: {pooler['problem']}" if pooler["problem"] else head)
         lines += [f"  warning: {warning}" for warning in pooler["warnings"]]
+    for name, node in plan.get("pgpool", {}).items():
+        lines.append(f"{name} (pgpool-II): {_pgpool_words(node)}")
     return lines
+
+
+def _pgpool_words(node):
+    """A pgpool-II node's sizing and what it holds on each backend, in words."""
+    sizing = node["sizing"]
+    cancel = " x 2 (cancel_headroom)" if sizing["cancel_headroom"] else ""
+    return (
+        f"num_init_children {sizing['num_init_children']} ({sizing['num_init_children_source']}) x max_pool "
+        f"{sizing['max_pool']}{cancel} + {sizing['worker_connections']} checks + {sizing['closing_margin']} closing "
+        f"margin = {sizing['connections']} connections on each of {', '.join(node['targets'])}"
+    )
 
 
 def fleet_plan_markdown(plan):
     """A fleet_plan result as the Markdown of reports/plan.md."""
     servers, poolers, external = plan["servers"], plan["poolers"], plan.get("external_servers", {})
     outside = f", {len(external)} server(s) outside the inventory" if external else ""
-    out = ["# Fleet plan", "", f"{len(servers)} PostgreSQL server(s){outside}, {len(poolers)} PgBouncer host(s).", ""]
+    pgpool = plan.get("pgpool", {})
+    nodes = f", {len(pgpool)} pgpool-II node(s)" if pgpool else ""
+    out = [
+        "# Fleet plan",
+        "",
+        f"{len(servers)} PostgreSQL server(s){outside}, {len(poolers)} PgBouncer host(s){nodes}.",
+        "",
+    ]
     if plan["problems"]:
         out += [f"**{len(plan['problems'])} problem(s): no host may be changed until they are fixed.**", ""]
         out += [f"- {problem}" for problem in plan["problems"]] + [""]
@@ -1003,6 +1099,23 @@ def fleet_plan_markdown(plan):
             f"{clients['max_client_conn']} ({clients['max_client_conn_source']}) x {clients['processes']} = "
             f"{clients['capacity']} | {clients['verdict']} | {sizing['nofile_limit']} |"
         )
+    if pgpool:
+        out += [
+            "",
+            "## pgpool-II nodes",
+            "",
+            "Each node holds up to num_init_children x max_pool connections on every backend, and its health and "
+            "replication checks; clients beyond num_init_children wait in its listen queue.",
+            "",
+            "| node | num_init_children | max_pool | connections per backend | active per backend | backends |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        out += [
+            f"| {name} | {n['sizing']['num_init_children']} ({n['sizing']['num_init_children_source']}) | "
+            f"{n['sizing']['max_pool']} | {n['sizing']['connections']} | {n['sizing']['active']} | "
+            f"{', '.join(n['targets'])} |"
+            for name, n in pgpool.items()
+        ]
     declared = {name: p["clients"]["applications"] for name, p in poolers.items() if p["clients"]["applications"]}
     if declared:
         out += ["", "### Clients by PgBouncer host", ""]

@@ -40,6 +40,7 @@ import math
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_inputs import as_int, check_keys
+from ansible_collections.headroom.pg.plugins.plugin_utils.pg_sizing import best_active_connections
 
 #: pgpool-II's own defaults (num_init_children 32, max_pool 4, listen_backlog_multiplier 2).
 PGPOOL_DEFAULT_MAX_POOL = 4
@@ -74,6 +75,15 @@ SPEC_OPTIONAL = (
     "closing_margin",
     "cancel_headroom",
     "somaxconn",
+)
+DEMAND_OPTIONAL = (
+    "num_init_children",
+    "max_pool",
+    "pairs",
+    "server_cpus",
+    "cancel_headroom",
+    "worker_connections",
+    "closing_margin",
 )
 BACKEND_REQUIRED = ("name", "max_connections")
 BACKEND_OPTIONAL = ("superuser_reserved_connections", "reserved_connections", "other_demand")
@@ -146,10 +156,8 @@ def pgpool_tune(spec):
     backends = [_backend(entry, position) for position, entry in enumerate(entries)]
     workers = as_int(spec.get("worker_connections", DEFAULT_WORKER_CONNECTIONS), "worker_connections", minimum=0)
     margin = as_int(spec.get("closing_margin", DEFAULT_CLOSING_MARGIN), "closing_margin", minimum=0)
-    cancel_headroom = spec.get("cancel_headroom", False)
-    if not isinstance(cancel_headroom, bool):
-        raise AnsibleFilterError(f"cancel_headroom must be true or false, got {cancel_headroom!r}")
-    factor = 2 if cancel_headroom else 1
+    factor = _cancel_factor(spec)
+    cancel_headroom = factor == 2
     notes = []
 
     for backend in backends:
@@ -243,8 +251,55 @@ def pgpool_tune(spec):
     }
 
 
+def _cancel_factor(spec):
+    cancel_headroom = spec.get("cancel_headroom", False)
+    if not isinstance(cancel_headroom, bool):
+        raise AnsibleFilterError(f"cancel_headroom must be true or false, got {cancel_headroom!r}")
+    return 2 if cancel_headroom else 1
+
+
+def pgpool_demand(spec):
+    """What one pgpool-II node opens to each of its backends, chosen before their max_connections is known.
+
+    For the fleet plan: ``max_pool`` is given, else ``min(4, pairs)`` as in pgpool_tune;
+    ``num_init_children`` is given, else the pool rule of thumb ``4 x server_cpus + 4`` for the
+    smallest backend's CPUs (each child runs at most one query at a time, so the children are
+    the node's active connections; clients beyond them wait in the listen queue). The node
+    opens ``num_init_children x max_pool (x 2 with cancel_headroom) + worker_connections +
+    closing_margin`` connections to each backend; ``active`` counts one per child and the checks.
+    """
+    check_keys(spec, (), DEMAND_OPTIONAL, "pgpool_demand spec")
+    factor = _cancel_factor(spec)
+    workers = as_int(spec.get("worker_connections", DEFAULT_WORKER_CONNECTIONS), "worker_connections", minimum=0)
+    margin = as_int(spec.get("closing_margin", DEFAULT_CLOSING_MARGIN), "closing_margin", minimum=0)
+    pairs = as_int(spec.get("pairs", 1), "pairs", minimum=1)
+    max_pool = _optional_int(spec, "max_pool", 1) or min(PGPOOL_DEFAULT_MAX_POOL, pairs)
+    children = _optional_int(spec, "num_init_children", 1)
+    source = "given"
+    if children is None:
+        server_cpus = _optional_int(spec, "server_cpus", 1)
+        if server_cpus is None:
+            raise AnsibleFilterError(
+                "num_init_children is not given and the backends' CPUs are unknown, so the pool rule of thumb"
+                " (4 x server_cpus + 4) cannot choose it: give num_init_children, or the backends' CPUs"
+            )
+        children = best_active_connections(server_cpus)
+        source = f"pool rule of thumb: 4 x {server_cpus} CPUs + 4"
+    return {
+        "num_init_children": children,
+        "num_init_children_source": source,
+        "max_pool": max_pool,
+        "cancel_headroom": factor == 2,
+        "pool_connections": children * max_pool * factor,
+        "worker_connections": workers,
+        "closing_margin": margin,
+        "connections": children * max_pool * factor + workers + margin,
+        "active": children + workers,
+    }
+
+
 class FilterModule:
     """pgpool-II sizing."""
 
     def filters(self):
-        return {"pgpool_tune": pgpool_tune}
+        return {"pgpool_tune": pgpool_tune, "pgpool_demand": pgpool_demand}

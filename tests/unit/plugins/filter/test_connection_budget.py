@@ -251,3 +251,21 @@ def test_a_direct_clients_active_share_reaches_the_active_demand():
 def test_pg_connection_budget_refuses(sentence, servers, poolers, clients, message):
     with pytest.raises(AnsibleFilterError, match=message):
         pg_connection_budget(servers, poolers, clients)
+
+
+def test_a_pgpool_node_counts_its_connections_on_every_backend_it_fronts():
+    node = {"host": "pool1", "targets": ["db1", "db2", "db1"], "connections": 16, "active": 14,
+            "num_init_children": 12, "max_pool": 1, "pool_connections": 12}
+    budget = pg_connection_budget({"db1": {"ceiling": 100}, "db2": {"ceiling": 100}}, [pooler()], [], [node])
+    assert (budget["db1"]["demand"], budget["db1"]["active_demand"]) == (10 + 16, 10 + 14)
+    assert (budget["db2"]["demand"], budget["db2"]["active_demand"]) == (16, 14)
+    assert budget["db2"]["contributors"] == [
+        {"name": "pgpool pool1 (num_init_children 12 x max_pool 1 + 4 checks)", "kind": "pgpool",
+         "connections": 16, "active": 14}
+    ]
+
+
+def test_a_pgpool_node_on_an_unknown_server_is_refused():
+    with pytest.raises(AnsibleFilterError, match="pgpool-II node pool1 targets 'db9'"):
+        node = {"host": "pool1", "targets": ["db9"], "connections": 4, "active": 4}
+        pg_connection_budget({"db1": {"ceiling": 100}}, [], [], [node])

@@ -843,3 +843,123 @@ def test_the_reports_show_external_servers():
     assert "## Servers outside the inventory" in markdown
     assert f"| orders-rds | {RDS['address']}:5432 | 100 | 5 | 3 | 92 | ok |" in markdown
     assert "1 server(s) outside the inventory" in markdown
+
+
+# pgpool-II nodes (group pgpool): counted on every backend they front, as PgBouncer hosts are.
+def pgpool_plan(hostvars, external=None):
+    groups = {
+        "postgresql": [h for h, v in hostvars.items() if "headroom_postgresql_version" in v],
+        "pgbouncer": [h for h, v in hostvars.items() if "pgbouncer_databases" in v],
+        "pgpool": [h for h, v in hostvars.items() if "pgpool_backends" in v],
+    }
+    return fleet_plan(hostvars, groups, None, DEFAULTS, external)
+
+
+def pgpool_node(*hosts, **extra):
+    return {"pgpool_backends": [{"host": host} for host in hosts], **extra}
+
+
+def test_every_pgpool_node_is_counted_on_its_primary_and_standbys():
+    result = pgpool_plan(
+        {
+            "db1": server(cpus=4),
+            "db2": server(cpus=2, postgresql_primary="db1"),
+            "pool1": pgpool_node("db1", "db2", pgpool_users=[{"name": "app"}, {"name": "report"}]),
+            "pool2": pgpool_node("db1", "db2", pgpool_users=[{"name": "app"}, {"name": "report"}]),
+        }
+    )
+    node = result["pgpool"]["pool1"]
+    # The smallest backend's 2 CPUs: 4 x 2 + 4 = 12 children, one cached connection per user (2).
+    assert (node["sizing"]["num_init_children"], node["sizing"]["max_pool"]) == (12, 2)
+    assert node["sizing"]["connections"] == 12 * 2 + 2 + 2 == 28
+    assert node["targets"] == ["db1", "db2"]
+    for host in ("db1", "db2"):
+        assert result["servers"][host]["demand"] == 2 * 28
+        assert [c["kind"] for c in result["servers"][host]["contributors"]] == ["pgpool", "pgpool"]
+    # The standby runs at least its primary's max_connections, and both cover the two nodes.
+    assert result["servers"]["db1"]["max_connections"] >= 2 * 28 + 3
+    assert result["servers"]["db2"]["max_connections"] >= result["servers"]["db1"]["max_connections"]
+    # What the role subtracts from the running max_connections: the other node's 28.
+    assert [(b["host"], b["target"], b["other_demand"]) for b in node["backends"]] == [("db1", "db1", 28), ("db2", "db2", 28)]
+    assert result["ok"]
+
+
+def test_a_pgpool_node_shares_the_budget_with_pgbouncer_pools_and_direct_clients():
+    hostvars = {
+        "db1": server(),
+        "app1": bouncer({"name": "app", "host": "db1", "users": ["a"], "pool_size": 10}),
+        "pool1": pgpool_node("db1", pgpool_num_init_children=30, pgpool_max_pool=1),
+    }
+    groups = {"postgresql": ["db1"], "pgbouncer": ["app1"], "pgpool": ["pool1"]}
+    result = fleet_plan(hostvars, groups, [{"name": "cron", "target": "db1", "connections": 5}], DEFAULTS)
+    assert result["servers"]["db1"]["demand"] == 10 + 34 + 5
+    (backend,) = result["pgpool"]["pool1"]["backends"]
+    assert backend["other_demand"] == 15
+    assert result["pgpool"]["pool1"]["sizing"]["num_init_children_source"] == "given"
+
+
+def test_pgpool_nodes_over_a_servers_ceiling_are_a_problem_that_names_them():
+    result = pgpool_plan({"db1": server(memory="1GB"), "pool1": pgpool_node("db1", pgpool_num_init_children=2000)})
+    assert not result["ok"]
+    (problem,) = result["problems"]
+    assert "pgpool pool1 (num_init_children 2000 x max_pool 1 + 4 checks) 2004" in problem
+
+
+def test_a_pgpool_backend_may_be_an_address_or_a_server_outside_the_inventory():
+    result = pgpool_plan(
+        {"db1": server(ansible_host="10.0.0.5"), "pool1": pgpool_node("10.0.0.5", "orders-rds")},
+        external={"orders-rds": RDS},
+    )
+    assert result["pgpool"]["pool1"]["targets"] == ["db1", "orders-rds"]
+    assert result["external_servers"]["orders-rds"]["demand"] == 16
+    assert result["servers"]["db1"]["demand"] == 16
+
+
+@pytest.mark.parametrize(
+    ("node", "external", "message"),
+    [
+        ({"pgpool_backends": []}, None, "pgpool host pool1: pgpool_backends must be a non-empty list"),
+        ({"pgpool_backends": [{"port": 5432}]}, None, r"pgpool_backends\[0\] must be a mapping with a host"),
+        (pgpool_node("db9"), None, r"pgpool_backends\[0\] has host 'db9'"),
+        (pgpool_node("orders-rds"), {"orders-rds": {k: v for k, v in RDS.items() if k != "cpus"}},
+         r"needs the CPUs of orders-rds.*pgpool_num_init_children for pool1"),
+        (pgpool_node("db1", pgpool_max_pool=-1), None, "pgpool host pool1: pgpool_max_pool"),
+    ],
+)
+def test_bad_pgpool_input_is_refused_naming_the_node_and_variable(node, external, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        pgpool_plan({"db1": server(), "pool1": node}, external=external)
+
+
+def test_the_plan_report_lists_the_pgpool_nodes():
+    result = pgpool_plan({"db1": server(), "pool1": pgpool_node("db1")})
+    lines = fleet_plan_lines(result)
+    assert (
+        "pool1 (pgpool-II): num_init_children 12 (pool rule of thumb: 4 x 2 CPUs + 4) x max_pool 1 + 2 checks + "
+        "2 closing margin = 16 connections on each of db1"
+    ) in lines
+    assert any(line.startswith("db1: ") and "pgpool pool1 (num_init_children 12 x max_pool 1 + 4 checks) 16" in line
+               for line in lines)
+    markdown = fleet_plan_markdown(result)
+    assert "1 PostgreSQL server(s), 0 PgBouncer host(s), 1 pgpool-II node(s)." in markdown
+    assert "## pgpool-II nodes" in markdown
+    assert "| pool1 | 12 (pool rule of thumb: 4 x 2 CPUs + 4) | 1 | 16 | 14 | db1 |" in markdown
+    assert "- pgpool pool1 (num_init_children 12 x max_pool 1 + 4 checks) (pgpool): 16" in markdown
+
+
+def test_the_plan_hands_each_node_its_pgpool_backends_with_what_the_others_hold():
+    backends = [{"host": "db1", "weight": 0}, {"host": "db2", "port": 5433, "other_demand": 100}]
+    result = pgpool_plan(
+        {
+            "db1": server(),
+            "db2": server(postgresql_primary="db1"),
+            "pool1": {"pgpool_backends": backends},
+            "pool2": pgpool_node("db1"),
+        }
+    )
+    # db1 also carries pool2's 16; the larger other_demand given for db2 is kept.
+    assert result["pgpool"]["pool1"]["pgpool_backends"] == [
+        {"host": "db1", "weight": 0, "other_demand": 16},
+        {"host": "db2", "port": 5433, "other_demand": 100},
+    ]
+    assert [b["other_demand"] for b in result["pgpool"]["pool1"]["backends"]] == [16, 0]

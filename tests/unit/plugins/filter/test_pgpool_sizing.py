@@ -2,7 +2,7 @@
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.headroom.pg.plugins.filter.pgpool_sizing import FilterModule, pgpool_tune
+from ansible_collections.headroom.pg.plugins.filter.pgpool_sizing import FilterModule, pgpool_demand, pgpool_tune
 
 
 def server(name="db1", max_connections=100, **extra):
@@ -14,7 +14,7 @@ def spec(backends=None, nodes=1, **extra):
 
 
 def test_the_plugin_registers_pgpool_tune():
-    assert set(FilterModule().filters()) == {"pgpool_tune"}
+    assert set(FilterModule().filters()) == {"pgpool_tune", "pgpool_demand"}
 
 
 @pytest.mark.parametrize(
@@ -167,3 +167,59 @@ def test_a_small_somaxconn_is_noted():
 def test_refusals(sentence, given, message):
     with pytest.raises(AnsibleFilterError, match=message):
         pgpool_tune(given)
+
+
+# pgpool_demand: what a node opens to each backend, for the fleet plan, before the backends are sized.
+
+
+@pytest.mark.parametrize(
+    ("sentence", "given", "expected"),
+    [
+        (
+            "the pool rule of thumb for 2 CPUs: 4 x 2 + 4 = 12 children of one pool, plus 2 checks and 2 closing slots",
+            {"server_cpus": 2},
+            {"num_init_children": 12, "max_pool": 1, "pool_connections": 12, "connections": 16, "active": 14},
+        ),
+        (
+            "one cached connection per (user, database) pair, at most pgpool-II's default 4",
+            {"server_cpus": 2, "pairs": 6},
+            {"num_init_children": 12, "max_pool": 4, "pool_connections": 48, "connections": 52, "active": 14},
+        ),
+        (
+            "given values win over the rule, and query canceling doubles the pools",
+            {"num_init_children": 20, "max_pool": 2, "cancel_headroom": True, "server_cpus": 64},
+            {"num_init_children": 20, "max_pool": 2, "pool_connections": 80, "connections": 84, "active": 22},
+        ),
+        (
+            "the checks and the margin are the node's own",
+            {"num_init_children": 5, "worker_connections": 0, "closing_margin": 0},
+            {"num_init_children": 5, "max_pool": 1, "pool_connections": 5, "connections": 5, "active": 5},
+        ),
+    ],
+)
+def test_pgpool_demand(sentence, given, expected):
+    result = pgpool_demand(given)
+    assert {key: result[key] for key in expected} == expected, sentence
+
+
+def test_pgpool_demand_says_where_num_init_children_came_from():
+    assert pgpool_demand({"server_cpus": 4})["num_init_children_source"] == "pool rule of thumb: 4 x 4 CPUs + 4"
+    assert pgpool_demand({"num_init_children": 3})["num_init_children_source"] == "given"
+
+
+def test_pgpool_demand_refuses_to_guess_children_without_the_backends_cpus():
+    with pytest.raises(AnsibleFilterError, match="num_init_children is not given and the backends' CPUs are unknown"):
+        pgpool_demand({"pairs": 2})
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"server_cpus": 2, "nodes": 2}, "unknown key"),
+        ({"server_cpus": 0}, "server_cpus"),
+        ({"num_init_children": 4, "cancel_headroom": "yes"}, "cancel_headroom must be true or false"),
+    ],
+)
+def test_pgpool_demand_refuses_bad_input(given, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        pgpool_demand(given)
