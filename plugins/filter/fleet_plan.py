@@ -370,7 +370,12 @@ def _pgpool_node(hostvars, node, servers, addresses, server_cpus_of, defaults):
         if not isinstance(entry, Mapping) or not entry.get("host"):
             raise AnsibleFilterError(f"{what} must be a mapping with a host, got {entry!r}")
         backends.append(
-            {"host": entry["host"], "target": _resolve_target(entry, node, servers, addresses, what), "entry": entry}
+            {
+                "host": entry["host"],
+                "target": _resolve_target(entry, node, servers, addresses, what),
+                "entry": entry,
+                "given_other_demand": as_int(entry.get("other_demand", 0), f"{what}.other_demand", minimum=0),
+            }
         )
     targets = list(dict.fromkeys(backend["target"] for backend in backends))
     users = _var(hostvars, node, "pgpool_users", defaults) or []
@@ -383,16 +388,15 @@ def _pgpool_node(hostvars, node, servers, addresses, server_cpus_of, defaults):
         "cancel_headroom": bool(_var(hostvars, node, "pgpool_cancel_headroom", defaults)),
         **{key: value for key, value in given.items() if value},
     }
-    cpus = [server_cpus_of[target] for target in targets]
     if "num_init_children" not in spec:
-        unknown = [target for target, count in zip(targets, cpus, strict=True) if count is None]
+        unknown = [target for target in targets if server_cpus_of[target] is None]
         if unknown:
             raise AnsibleFilterError(
                 f"pgpool host {node}: sizing num_init_children by the pool rule of thumb needs the CPUs of "
                 f"{', '.join(unknown)}, a server outside the inventory: set cpus in headroom_external_servers."
                 f"{unknown[0]}, or pgpool_num_init_children for {node}"
             )
-        spec["server_cpus"] = min(cpus)
+        spec["server_cpus"] = min(server_cpus_of[target] for target in targets)
     try:
         sizing = pgpool_demand(spec)
     except AnsibleFilterError as err:
@@ -881,15 +885,13 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_se
             problems.append(pooler_plan["problem"])
         warnings.extend(pooler_plan["warnings"])
     for pgpool_plan in pgpool_plans.values():
-        # What everything else holds on each backend: the pgpool role subtracts it from the running
-        # max_connections before it checks that this node's children fit.
-        for backend in pgpool_plan["backends"]:
-            backend["other_demand"] = budget[backend["target"]]["demand"] - pgpool_plan["sizing"]["connections"]
-        # pgpool_backends as site.yml hands them to the role: a larger other_demand given there is kept.
+        # What everything else holds on each backend, which the pgpool role subtracts from the running
+        # max_connections before it checks that this node's children fit; and pgpool_backends as the
+        # role takes them, where a larger other_demand given is kept.
         pgpool_plan["pgpool_backends"] = []
-        for index, backend in enumerate(pgpool_plan["backends"]):
-            entry = backend.pop("entry")
-            given = as_int(entry.get("other_demand", 0), f"pgpool_backends[{index}].other_demand", minimum=0)
+        for backend in pgpool_plan["backends"]:
+            entry, given = backend.pop("entry"), backend.pop("given_other_demand")
+            backend["other_demand"] = budget[backend["target"]]["demand"] - pgpool_plan["sizing"]["connections"]
             pgpool_plan["pgpool_backends"].append(entry | {"other_demand": max(backend["other_demand"], given)})
     return {
         "servers": {host: planned[host] for host in servers},

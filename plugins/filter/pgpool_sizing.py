@@ -154,8 +154,7 @@ def pgpool_tune(spec):
     if not isinstance(entries, (list, tuple)) or not entries:
         raise AnsibleFilterError(f"backends must be a non-empty list of backend servers, got {entries!r}")
     backends = [_backend(entry, position) for position, entry in enumerate(entries)]
-    workers = as_int(spec.get("worker_connections", DEFAULT_WORKER_CONNECTIONS), "worker_connections", minimum=0)
-    margin = as_int(spec.get("closing_margin", DEFAULT_CLOSING_MARGIN), "closing_margin", minimum=0)
+    workers, margin = _own_connections(spec)
     factor = _cancel_factor(spec)
     cancel_headroom = factor == 2
     notes = []
@@ -251,6 +250,14 @@ def pgpool_tune(spec):
     }
 
 
+def _own_connections(spec):
+    """The node's checks and closing margin per backend: (worker_connections, closing_margin)."""
+    return (
+        as_int(spec.get("worker_connections", DEFAULT_WORKER_CONNECTIONS), "worker_connections", minimum=0),
+        as_int(spec.get("closing_margin", DEFAULT_CLOSING_MARGIN), "closing_margin", minimum=0),
+    )
+
+
 def _cancel_factor(spec):
     cancel_headroom = spec.get("cancel_headroom", False)
     if not isinstance(cancel_headroom, bool):
@@ -270,8 +277,7 @@ def pgpool_demand(spec):
     """
     check_keys(spec, (), DEMAND_OPTIONAL, "pgpool_demand spec")
     factor = _cancel_factor(spec)
-    workers = as_int(spec.get("worker_connections", DEFAULT_WORKER_CONNECTIONS), "worker_connections", minimum=0)
-    margin = as_int(spec.get("closing_margin", DEFAULT_CLOSING_MARGIN), "closing_margin", minimum=0)
+    workers, margin = _own_connections(spec)
     pairs = as_int(spec.get("pairs", 1), "pairs", minimum=1)
     max_pool = _optional_int(spec, "max_pool", 1) or min(PGPOOL_DEFAULT_MAX_POOL, pairs)
     children = _optional_int(spec, "num_init_children", 1)
