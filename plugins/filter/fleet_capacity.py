@@ -1,8 +1,9 @@
 """The fleet_capacity filters: what a live fleet holds, per server, per PgBouncer host and per application,
 against what the inventory declared, with flags that each carry a level.
 
-capacity.yml probes every server (pg_stat_activity) and every PgBouncer process (SHOW POOLS,
-STATS, DATABASES, CLIENTS, SERVERS); ``capacity_declarations`` reads the declarations with
+capacity.yml probes every server (pg_stat_activity), every PgBouncer process (SHOW POOLS,
+STATS, DATABASES, CLIENTS, SERVERS) and every pgpool-II node (SHOW pool_pools);
+``capacity_declarations`` reads the declarations with
 fleet_plan's own parsers (same checks, same counting: connections x instances), and
 ``fleet_capacity`` adds the probes up against them. Nothing here connects to anything.
 
@@ -19,6 +20,8 @@ Warning and critical thresholds (``connection_budget_capacity_thresholds``) foll
   PgBouncer's default ``query_wait_timeout`` (120 s), after which PgBouncer drops the client.
 """
 
+import csv
+import io
 import json
 import shlex
 from collections.abc import Mapping
@@ -36,6 +39,7 @@ from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
     _resolve_target,
     _var,
 )
+from ansible_collections.headroom.pg.plugins.filter.pgpool_sizing import pgpool_demand
 
 #: The defaults of connection_budget_capacity_thresholds, with their sources in the module docstring.
 DEFAULT_THRESHOLDS = {
@@ -57,6 +61,7 @@ TERMINATE_PLAYBOOK = "playbooks/terminate-idle.yml"
 #: What the declarations read on a PgBouncer host and on a server; defaults as the roles give them.
 POOLER_NAMES = ("pgbouncer_databases", "headroom_pgbouncer_clients", "pgbouncer_auth_mode", "pgbouncer_auth_user")
 SERVER_NAMES = ("ansible_host",)
+PGPOOL_NAMES = ("pgpool_backends", "pgpool_health_check_user", "pgpool_cancel_headroom")
 #: PgBouncer's time format in SHOW CLIENTS and SHOW SERVERS (connect_time, request_time).
 PGBOUNCER_TIME = "%Y-%m-%d %H:%M:%S %Z"
 #: Server connections of a PgBouncer pool, by SHOW POOLS column.
@@ -133,13 +138,16 @@ def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None, 
     pools (named users, and the auth user in auth_query mode). A server outside the inventory
     (headroom_external_servers) is a target like any other; nothing probes it.
     """
-    defaults = {name: _plain(value) for name, value in (defaults or {}).items() if name in POOLER_NAMES}
+    defaults = {name: _plain(value) for name, value in (defaults or {}).items() if name in POOLER_NAMES + PGPOOL_NAMES}
     servers = list(groups.get("postgresql") or [])
     poolers = list(groups.get("pgbouncer") or [])
+    pgpool_nodes = list(groups.get("pgpool") or [])
     plain_groups = {name: list(members or []) for name, members in groups.items()}
     models = {host: _model_variables(hostvars[host], SERVER_NAMES) for host in servers}
     for host in poolers:
         models[host] = models.get(host, {}) | _model_variables(hostvars[host], POOLER_NAMES)
+    for host in pgpool_nodes:
+        models[host] = models.get(host, {}) | _model_variables(hostvars[host], PGPOOL_NAMES)
     external = _external_servers(_plain(external_servers), hostvars)
     direct = []
     for client in _direct_clients(_plain(direct_clients), plain_groups, set(servers), external):
@@ -181,7 +189,23 @@ def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None, 
             "auth_user": auth_user,
             "applications": _pgbouncer_clients(models, pooler, plain_groups, list(databases)),
         }
-    return {"direct": direct, "poolers": declared_poolers}
+    declared_pgpool = {}
+    for node in pgpool_nodes:
+        entries = _var(models, node, "pgpool_backends", defaults) or []
+        if not isinstance(entries, list) or not all(isinstance(entry, Mapping) and entry.get("host") for entry in entries):
+            raise AnsibleFilterError(f"pgpool host {node}: pgpool_backends must be a list of mappings with a host, "
+                                     f"got {entries!r}")
+        declared_pgpool[node] = {
+            # In pgpool.conf's order: backend N is the Nth entry (SHOW pool_pools backend_id).
+            "backends": [
+                _resolve_target(entry, node, set(servers) | set(external), addresses, f"pgpool host {node}: "
+                                f"pgpool_backends[{index}]")
+                for index, entry in enumerate(entries)
+            ],
+            "health_check_user": str(_var(models, node, "pgpool_health_check_user", defaults) or ""),
+            "cancel_headroom": bool(_var(models, node, "pgpool_cancel_headroom", defaults)),
+        }
+    return {"direct": direct, "poolers": declared_poolers, "pgpool": declared_pgpool}
 
 
 def _terminate_command(host, states, min_age, selection, sessions, auth_users):
@@ -198,7 +222,7 @@ def _selection(entry):
     """terminate-idle's filters that pick an application's sessions on its server."""
     if entry["kind"] == "unnamed":
         return {"headroom_terminate_applications": [""], "headroom_terminate_users": [entry["role"]]}
-    if entry["kind"] == "pgbouncer":
+    if entry["kind"] in ("pgbouncer", "pgpool"):
         return {"headroom_terminate_users": entry["users"], "headroom_terminate_databases": entry["databases"]}
     return {"headroom_terminate_applications": [entry["application_name"]]}
 
@@ -357,11 +381,48 @@ def _pooler_capacity(name, probes, limits, declared, now):
     }
 
 
+def _csv_rows(text):
+    """The rows psql --csv printed, each a dict by column name."""
+    return list(csv.DictReader(io.StringIO(text if isinstance(text, str) else "")))
+
+
+def _pgpool_capacity(name, probe, declared):
+    """A pgpool-II node: its children and pool, and per backend server the connections its children
+    cache, from SHOW pool_pools (a row per child, pool and backend; a cached one has its backend's
+    PID), against what the budget counts for one node: num_init_children x max_pool (x 2) + checks
+    + closing margin."""
+    rows = _csv_rows(probe.get("pools"))
+    backends = (declared or {}).get("backends", [])
+    children, max_pool = len({row.get("pool_pid") for row in rows}), len({row.get("pool_id") for row in rows})
+    allowance = None
+    if children and max_pool:
+        spec = {"num_init_children": children, "max_pool": max_pool,
+                "cancel_headroom": bool((declared or {}).get("cancel_headroom"))}
+        allowance = pgpool_demand(spec)["connections"]
+    pids = {}
+    for row in rows:
+        pid, index = int(row.get("pool_backendpid") or 0), int(row.get("backend_id") or -1)
+        if pid and 0 <= index < len(backends):
+            pids[(backends[index], pid)] = name
+    return {
+        "num_init_children": children,
+        "max_pool": max_pool,
+        "declared_per_backend": allowance,
+        "backends": [
+            {"target": target, "cached_connections": sum(1 for (where, _pid) in pids if where == target)}
+            for target in dict.fromkeys(backends)
+        ],
+        "_pids": pids,
+    }
+
+
 def _label(entry):
     if entry["kind"] == "unnamed":
         return f"sessions without application_name of role {entry['role']!r} from {', '.join(entry['client_addrs'])}"
     if entry["kind"] == "pgbouncer":
         return f"PgBouncer {entry['application_name']}'s pools"
+    if entry["kind"] == "pgpool":
+        return f"pgpool-II {entry['application_name']}'s children and checks"
     return f"application {entry['application_name']!r}"
 
 
@@ -388,16 +449,24 @@ def _pgbouncer_sessions(host, declarations, pooler_probes):
     return pids, users
 
 
-def _server_entries(name, host, sessions, declarations, pooler_probes, pooler_pools):
+def _server_entries(name, host, sessions, declarations, pooler_probes, pooler_pools, pgpool):
     """The server's sessions per application. Rules, in order: application_name == the name of a
     direct client declared for this server; else a PgBouncer host's pool (its server connection's
-    PID, or a user of its pgbouncer_databases entries that reach this server); else an undeclared
-    application by application_name, or, without one, by role and client address."""
+    PID); else a pgpool-II node's (the PID of a child's cached connection, SHOW pool_pools); else
+    a PgBouncer host's by user (of its pgbouncer_databases entries that reach this server); else
+    a pgpool-II node's checks (its health check user, when its backends reach this server); else
+    an undeclared application by application_name, or, without one, by role and client address."""
     direct = {}
     for client in declarations.get("direct") or []:
         if client["target"] == host:
             direct.setdefault(client["name"], []).append(client)
     pids, users = _pgbouncer_sessions(host, declarations, pooler_probes)
+    pgpool_pids = {pid: node for report in pgpool.values() for (target, pid), node in report["_pids"].items()
+                   if target == host}
+    check_users = {}
+    for node, declared in (declarations.get("pgpool") or {}).items():
+        if host in declared["backends"] and declared["health_check_user"]:
+            check_users.setdefault(declared["health_check_user"], []).append(node)
     groups = {("direct", app): [] for app in direct}
     for session in sessions:
         app = session.get("application_name") or ""
@@ -405,6 +474,10 @@ def _server_entries(name, host, sessions, declarations, pooler_probes, pooler_po
             key = ("direct", app)
         elif session.get("pid") in pids:
             key = ("pgbouncer", pids[session["pid"]])
+        elif session.get("pid") in pgpool_pids:
+            key = ("pgpool", pgpool_pids[session["pid"]])
+        elif session.get("usename") in check_users and session.get("usename") not in users:
+            key = ("pgpool", "+".join(sorted(check_users[session["usename"]])))
         elif session.get("usename") in users:
             key = ("pgbouncer", "+".join(sorted(users[session["usename"]])))
         elif app:
@@ -422,6 +495,9 @@ def _server_entries(name, host, sessions, declarations, pooler_probes, pooler_po
         elif kind == "pgbouncer":
             mine = [p for pooler in key[1].split("+") for p in pooler_pools.get(pooler, []) if p["target"] == host]
             declared = _pool_budget(mine)
+        elif kind == "pgpool":
+            allowances = [pgpool.get(node, {}).get("declared_per_backend") for node in key[1].split("+")]
+            declared = None if None in allowances else sum(allowances)
         elif kind == "unnamed":
             role = key[1]
         idle = [s for s in members if s.get("state") == "idle"]
@@ -508,7 +584,7 @@ def _application_flags(name, entries, limits, slots_level, auth_users):
     return flags
 
 
-def _server_capacity(name, probe, limits, declarations, pooler_probes, pooler_pools):
+def _server_capacity(name, probe, limits, declarations, pooler_probes, pooler_pools, pgpool):
     sessions = probe["sessions"]
     host = probe.get("host") or name
     max_connections = int(probe["max_connections"])
@@ -541,7 +617,7 @@ def _server_capacity(name, probe, limits, declarations, pooler_probes, pooler_po
             f"{limits['slots_share' if slots_level == 'warning' else 'slots_share_critical']:.0%}",
         ))
     auth_users = {p["auth_user"] for p in (declarations.get("poolers") or {}).values() if p.get("auth_user")}
-    entries = _server_entries(name, host, sessions, declarations, pooler_probes, pooler_pools)
+    entries = _server_entries(name, host, sessions, declarations, pooler_probes, pooler_pools, pgpool)
     report["flags"] += _application_flags(name, entries, limits, slots_level, auth_users)
     for application, count in _count_by(idle, "application_name").items():
         if count >= limits["idle_per_application"]:
@@ -557,8 +633,8 @@ def _server_capacity(name, probe, limits, declarations, pooler_probes, pooler_po
     return report, entries
 
 
-def fleet_capacity(server_probes, pooler_probes=None, thresholds=None, declarations=None, now=None):
-    """Slots per server, pools per PgBouncer host, and per application declared against observed, with flags.
+def fleet_capacity(server_probes, pooler_probes=None, thresholds=None, declarations=None, now=None, pgpool_probes=None):
+    """Slots per server, pools per PgBouncer host and pgpool-II node, and per application declared against observed.
 
     server_probes: per server, the probe capacity.yml runs (max_connections, reserved slots,
     in_recovery, ``host`` (its inventory hostname), and every client backend but the probe's own
@@ -567,8 +643,10 @@ def fleet_capacity(server_probes, pooler_probes=None, thresholds=None, declarati
     minus the sessions. pooler_probes: per PgBouncer host, a list of {unit, pools, stats,
     databases, clients, servers: the rows of SHOW POOLS, STATS, DATABASES, CLIENTS, SERVERS}.
     declarations: capacity_declarations' result. now: the probe's time (epoch seconds), for the
-    age of PgBouncer clients (request_time). Flags carry a level, warning or critical, and for
-    idle or idle-in-transaction sessions the terminate-idle.yml dry run that frees them.
+    age of PgBouncer clients (request_time). pgpool_probes: per pgpool-II node, ``pools``, what
+    psql --csv printed for SHOW pool_pools. Flags carry a
+    level, warning or critical, and for idle or idle-in-transaction sessions the terminate-idle.yml
+    dry run that frees them.
     """
     limits = _thresholds(thresholds)
     declarations = declarations or {}
@@ -579,10 +657,17 @@ def fleet_capacity(server_probes, pooler_probes=None, thresholds=None, declarati
         for name, probes in sorted(pooler_probes.items())
     }
     pooler_pools = {name: report["pools"] for name, report in poolers.items()}
+    pgpool = {
+        name: _pgpool_capacity(name, probe, (declarations.get("pgpool") or {}).get(name))
+        for name, probe in sorted((pgpool_probes or {}).items())
+    }
     servers, applications = {}, []
     for name, probe in sorted(server_probes.items()):
-        servers[name], entries = _server_capacity(name, probe, limits, declarations, pooler_probes, pooler_pools)
+        servers[name], entries = _server_capacity(name, probe, limits, declarations, pooler_probes, pooler_pools,
+                                                  pgpool)
         applications += entries
+    for report in pgpool.values():
+        report.pop("_pids")
     for report in poolers.values():
         applications += report.pop("applications")
     flags = [flag for report in [*servers.values(), *poolers.values()] for flag in report["flags"]]
@@ -593,7 +678,8 @@ def fleet_capacity(server_probes, pooler_probes=None, thresholds=None, declarati
             worst[flag["application"]] = flag["level"]
     for entry in applications:
         entry["level"] = worst.get(_key(entry))
-    return {"thresholds": limits, "servers": servers, "poolers": poolers, "applications": applications, "flags": flags}
+    return {"thresholds": limits, "servers": servers, "poolers": poolers, "pgpool": pgpool, "applications": applications,
+            "flags": flags}
 
 
 def fleet_capacity_lines(report):

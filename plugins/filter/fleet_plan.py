@@ -401,7 +401,16 @@ def _pgpool_node(hostvars, node, servers, addresses, server_cpus_of, defaults):
         sizing = pgpool_demand(spec)
     except AnsibleFilterError as err:
         raise AnsibleFilterError(f"pgpool host {node} (pgpool_* variables): {err.message}") from err
-    return {"sizing": sizing, "backends": backends, "targets": targets}
+    # Every child may hold a connection of each user to each backend: a direct client's role that
+    # also logs in through pgpool-II needs room for all of them under its CONNECTION LIMIT.
+    names = [user["name"] for user in (users if isinstance(users, list) else []) if isinstance(user, Mapping)
+             and user.get("name")]
+    user_connections = [
+        {"target": target, "user": name, "connections": sizing["num_init_children"] * sizing["max_pool"]}
+        for target in targets
+        for name in names
+    ]
+    return {"sizing": sizing, "backends": backends, "targets": targets, "user_connections": user_connections}
 
 
 def _application_words(applications):
@@ -560,14 +569,15 @@ def _client_limits(applications, key):
     return dict(sorted(limits.items()))
 
 
-def _role_limits(clients, pooler_plans, primary_of):
+def _role_limits(clients, pool_plans, primary_of):
     """Per server, the CONNECTION LIMIT of each role that direct clients name.
 
     A role's limit on a server is its direct clients' connections x instances there plus what
     PgBouncer pools of the same user can open there. Roles are one catalog for a primary and its
     standbys (ALTER ROLE runs on the primary), so a role named anywhere in a replication tree is
     counted on each of its servers, the primary carries the largest of those limits, and standbys
-    get none of their own.
+    get none of their own. ``pool_plans`` are the PgBouncer hosts' and pgpool-II nodes' plans, each
+    with the connections its pools can open per user and server (``user_connections``).
     """
     def root(host):
         while primary_of[host] is not None:
@@ -583,7 +593,7 @@ def _role_limits(clients, pooler_plans, primary_of):
         if client.get("role"):
             per_instance, instances = client_connections(client, str(client["name"]))
             limits[client["target"]][client["role"]] += per_instance * instances
-    for plan in pooler_plans.values():
+    for plan in pool_plans:
         for row in plan["user_connections"]:
             if row["user"] in limits.get(row["target"], {}):
                 limits[row["target"]][row["user"]] += row["connections"]
@@ -786,7 +796,7 @@ def fleet_plan(hostvars, groups, direct_clients=None, defaults=None, external_se
         for host in pgpool_hosts
     }
     declared_clients = _direct_clients(direct_clients, groups, set(servers), external)
-    role_limits = _role_limits(declared_clients, pooler_plans, primary_of)
+    role_limits = _role_limits(declared_clients, [*pooler_plans.values(), *pgpool_plans.values()], primary_of)
     clients, reserved_roles = _reserved_clients([dict(client) for client in declared_clients], resources, specs)
     try:
         budget = pg_connection_budget(

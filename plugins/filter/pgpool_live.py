@@ -3,7 +3,8 @@
 ``pgpool_status`` turns the rows of ``SHOW pool_status`` (``psql -At``: item|value|description)
 into a dict. ``pgpool_live_diff`` lists the planned settings whose live value differs, each
 marked ``restart`` when a reload cannot change it. SHOW pool_status prints booleans as 1/0 and
-backend weights as floats (checked on 4.3 and 4.6), so values are compared in that form;
+backend weights as floats (checked on 4.3 and 4.6), each as its share of the sum of weights (seen
+on 4.3 with two backends), so values are compared in that form;
 settings it does not show (passwords, enums it prints as numbers) are not compared.
 """
 
@@ -33,6 +34,26 @@ def _normal(value):
         return text
 
 
+def _weight_shares(settings):
+    """Each planned ``backend_weightN`` as its share of the sum, the form SHOW pool_status prints.
+
+    pgpool-II normalises the weights when it loads them (4.3: weights 1 and 1 show as 0.500000).
+    """
+    weights = {name: float(value) for name, value in settings.items() if name.startswith("backend_weight")}
+    total = sum(weights.values())
+    return {name: weight / total for name, weight in weights.items()} if total > 0 else {}
+
+
+def _same(name, planned, live, shares):
+    if name in shares:
+        try:
+            # SHOW pool_status prints six decimals.
+            return abs(shares[name] - float(live)) <= 5e-7
+        except ValueError:
+            return False
+    return _normal(planned) == _normal(live)
+
+
 def _restart(name, restart_only):
     return any(name == entry or (entry.endswith("*") and name.startswith(entry[:-1])) for entry in restart_only)
 
@@ -46,10 +67,11 @@ def pgpool_live_diff(status, settings, restart_only, skip=()):
     if not isinstance(status, dict) or not isinstance(settings, dict):
         raise AnsibleFilterError("pgpool_live_diff: status and settings must be dicts")
     out = []
+    shares = _weight_shares(settings)
     for name, planned in settings.items():
         if name in skip or name not in status:
             continue
-        if _normal(planned) != _normal(status[name]):
+        if not _same(name, planned, status[name], shares):
             out.append({"setting": name, "planned": str(planned), "live": status[name],
                         "restart": _restart(name, restart_only)})
     return out

@@ -9,11 +9,13 @@ author: headroom contributors (@headroom)
 version_added: 0.1.0
 short_description: The path of a helper headroom installs on managed hosts
 description:
-  - Without terms, the directory the pgbouncer role installs its helpers in; with a helper's name, that helper's path.
+  - Without terms, the directory the pgbouncer and pgpool roles install their helpers in; with a helper's name, that
+    helper's path.
   - The one place the roles and playbooks take it from.
 options:
   _terms:
-    description: Helper names (C(pgbouncer-console), C(pgbouncer-pause)), or none for the directory.
+    description: Helper names (C(pgbouncer-console), C(pgbouncer-pause), C(pgpool-check-config), C(pgpool-psql)), or
+      none for the directory.
     type: list
     elements: str
     required: false

@@ -36,6 +36,21 @@ def pool_rule(server_cpus):
     return 4 * server_cpus + 4
 
 
+#: roles/pgpool/README.md: per node and backend, the health and streaming replication checks and the
+#: slots kept for connections whose backend has not exited yet (pgpool_demand).
+PGPOOL_CHECKS, PGPOOL_CLOSING_MARGIN = 2, 2
+
+
+def pgpool_children():
+    """pgb1's pgpool-II: num_init_children by the pool rule of its smallest backend, max_pool 1 (one user)."""
+    return pool_rule(min(cpus(DB1), cpus(DB2)))
+
+
+def pgpool_demand():
+    """What pgb1's pgpool-II holds on each of db1 and db2: every child's connection, the checks, the margin."""
+    return pgpool_children() + PGPOOL_CHECKS + PGPOOL_CLOSING_MARGIN
+
+
 def node(name):
     return testinfra.get_host(f"docker://{name}")
 
@@ -44,6 +59,19 @@ def sql(name, query, dbname="postgres"):
     return node(name).check_output(
         "runuser -u postgres -- psql -XAtq --set=ON_ERROR_STOP=1 --dbname=%s --command=%s", dbname, query
     )
+
+
+def address(name):
+    """The container's address on the scenario's network, as the servers see its sessions come from."""
+    return subprocess.run(
+        ["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def pgpool_sql(query):
+    """One session through pgb1's pgpool-II (127.0.0.1:9999) as app on appdb."""
+    return node(PGB1).check_output(f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p 9999 -U app -d appdb -c %s", query)
 
 
 def cpus(name):
@@ -57,11 +85,12 @@ def memory_limit(name):
 
 
 def expected_demand():
-    """From molecule.yml: a pool per (database, user) of the pool rule, and the direct clients."""
+    """From molecule.yml: a pool per (database, user) of the pool rule, pgb1's pgpool-II, and the direct clients."""
     pool1, pool2 = pool_rule(cpus(DB1)), pool_rule(cpus(DB2))
     return {
-        DB1: pool1 + pool1 + 3 + 2 + 3 + 2,  # appdb on pgb1 and pgb2, monitoring 3, backups 2, leaky 3, app cron 2
-        DB2: pool2 + 2 * 2,  # reports on pgb2, report jobs 2 on each of the 2 pgbouncer hosts
+        # appdb on pgb1 and pgb2, pgpool-II, monitoring 3, backups 2, leaky 3, app cron 2
+        DB1: pool1 + pool1 + pgpool_demand() + 3 + 2 + 3 + 2,
+        DB2: pool2 + pgpool_demand() + 2 * 2,  # reports on pgb2, pgpool-II, report jobs 2 on each pgbouncer host
     }
 
 
@@ -85,7 +114,7 @@ def playbook(name, *args, inventories=()):
 def client_backends(name):
     """Client sessions on the server, this query's own left out (pg_stat_activity)."""
     rows = sql(name, "SELECT coalesce(json_agg(json_build_object('pid', pid, 'app', application_name, "
-                     "'state', state)), '[]') FROM pg_stat_activity "
+                     "'state', state, 'addr', host(client_addr))), '[]') FROM pg_stat_activity "
                      "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
     return json.loads(rows)
 
@@ -132,11 +161,14 @@ def test_max_connections_covers_the_demand_and_fits_in_memory(server):
     # Demand + reserved + the default spare of max(10, 20% of the demand).
     spare = max(10, -(-expected_demand()[server] // 5))
     assert max_connections >= expected_demand()[server] + int(live["superuser_reserved_connections"]["setting"]) + spare
-    # docs/sizing.md's memory bound, every connection active, from the running values, against the container's limit.
+    # docs/sizing.md's memory bound from the running values, against the container's limit: every
+    # connection runs a query at once except pgpool-II's closing margin (slots of backends that are
+    # exiting, docs/budget.md's active demand).
     processes = max_connections + int(live["max_parallel_workers"]["setting"])
+    active = processes - PGPOOL_CLOSING_MARGIN
     worst = (
         bytes_of(live["shared_buffers"]) + bytes_of(live["wal_buffers"])
-        + processes * (CONNECTION_MEMORY + WEB_ALLOCATIONS * bytes_of(live["work_mem"]))
+        + processes * CONNECTION_MEMORY + active * WEB_ALLOCATIONS * bytes_of(live["work_mem"])
         + bytes_of(live["maintenance_work_mem"])
         + int(live["autovacuum_max_workers"]["setting"]) * bytes_of(live["autovacuum_work_mem"])
     )
@@ -148,11 +180,12 @@ def connection_limit(name, role):
 
 
 def test_each_direct_role_gets_its_declared_share_as_its_connection_limit():
-    # molecule.yml: leaky jobs 3; app cron 2 plus app's pools on db1 (appdb on pgb1 and pgb2), which
-    # is more than its pool on the standby (reports on pgb2): the primary sets the larger.
+    # molecule.yml: leaky jobs 3; app cron 2 plus app's pools on db1 (appdb on pgb1 and pgb2) and a
+    # connection per pgpool-II child (app is a pgpool user), which is more than its pool on the
+    # standby (reports on pgb2) and the children there: the primary sets the larger.
     pool1, pool2 = pool_rule(cpus(DB1)), pool_rule(cpus(DB2))
     assert connection_limit(DB1, "leaky") == 3
-    assert connection_limit(DB1, "app") == max(2 + pool1 + pool1, pool2)
+    assert connection_limit(DB1, "app") == max(2 + pool1 + pool1 + pgpool_children(), pool2 + pgpool_children())
     assert connection_limit(DB2, "leaky") == 3  # replicated from the primary's catalog
     assert connection_limit(DB1, "replicator") == -1  # nobody declared it: left alone
 
@@ -234,6 +267,61 @@ def test_applications_reach_the_right_server_through_pgbouncer(pooler, database,
     assert out == in_recovery
 
 
+def test_pgpool_runs_the_children_and_pool_the_budget_counted():
+    live = dict(line.split("|")[:2] for line in pgpool_sql("SHOW pool_status").splitlines())
+    assert (live["num_init_children"], live["max_pool"]) == (str(pgpool_children()), "1")
+    assert (live["backend_hostname0"], live["backend_hostname1"]) == (DB1, DB2)
+    assert live["reserved_connections"] == "0"  # clients beyond the children queue
+    nodes = [line.split("|") for line in pgpool_sql("SHOW pool_nodes").splitlines()]
+    assert [(row[1], row[3]) for row in nodes] == [(DB1, "up"), (DB2, "up")], nodes
+    assert ("primary" in nodes[0]) and ("standby" in nodes[1]), nodes
+
+
+def test_pgpool_sends_writes_to_the_primary_and_balances_reads_over_both():
+    # A write in every session: on the standby it would fail ("read-only transaction").
+    for _session in range(5):
+        pgpool_sql("CREATE TEMP TABLE pgpool_write_check (x int)")
+    # current_setting() is stable, so pgpool-II may balance it (a volatile function such as
+    # pg_is_in_recovery() goes to the primary); a hot standby runs every transaction read-only.
+    # Each session picks a node by weight (1 and 1): 30 sessions reach both but once in 5e8.
+    seen = {pgpool_sql("SELECT current_setting('transaction_read_only')") for _session in range(30)}
+    assert seen == {"on", "off"}, seen
+
+
+def pgbouncer_server_pids(pooler):
+    """The backend PIDs of PgBouncer's server connections on the host (SHOW SERVERS)."""
+    out = node(pooler).check_output("/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s", "SHOW SERVERS")
+    return [int(row["remote_pid"]) for row in json.loads(out)["rows"]]
+
+
+def test_clients_beyond_the_children_queue_at_pgpool_and_the_primary_sees_at_most_its_children():
+    clients = 4 * pgpool_children()
+    # pgb1's own PgBouncer connects from the same address: its server connections are not pgpool-II's.
+    others = ",".join(str(pid) for pid in pgbouncer_server_pids(PGB1)) or "0"
+    count = (f"SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND client_addr = '{address(PGB1)}' "
+             f"AND pid NOT IN ({others})")
+    sampler = subprocess.Popen(
+        ["docker", "exec", DB1, "bash", "-c",
+         f"touch /tmp/sampling; while [ -e /tmp/sampling ]; do runuser -u postgres -- psql -XAtq -c \"{count}\"; "
+         "sleep 0.1; done"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    # --connect: each transaction is a new session, which frees its child for the clients waiting.
+    result = node(PGB1).run(
+        "printf 'SELECT 1;\\n' > /tmp/select.sql && ulimit -n 4096 && PGPASSWORD=%s /usr/lib/postgresql/15/bin/pgbench "
+        "-h 127.0.0.1 -p 9999 -U app --no-vacuum --file=/tmp/select.sql --connect --client=%s --jobs=%s "
+        "--transactions=3 appdb",
+        PASSWORD, str(clients), str(clients),
+    )
+    node(DB1).run("rm -f /tmp/sampling")
+    samples = [int(line) for line in sampler.communicate(timeout=60)[0].split()]
+    assert result.rc == 0, result.stdout + result.stderr
+    assert f"number of transactions actually processed: {3 * clients}/{3 * clients}" in result.stdout, result.stdout
+    assert "too many clients" not in result.stderr, result.stderr
+    assert len(samples) >= 3, samples
+    assert 0 < max(samples) <= pgpool_children(), samples
+
+
 def test_plan_reports_the_numbers_from_the_fact_cache(tmp_path):
     result = playbook("plan.yml", "-e", f"connection_budget_report_dir={tmp_path}")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -259,25 +347,39 @@ def test_plan_reports_the_numbers_from_the_fact_cache(tmp_path):
 def test_capacity_counts_the_sessions_pg_stat_activity_shows(tmp_path):
     for pooler, database in ((PGB1, "appdb"), (PGB2, "appdb"), (PGB2, "reports")):  # PgBouncer makes pools on use
         node(pooler).check_output(f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p 6432 -U app -d {database} -c 'SELECT 1'")
+    pgpool_sql("SELECT 1")  # a child caches its connections to db1 and db2
     open_idle_sessions(DB1, f"fleet-capacity-test-{RUN}", 4)
+    pgbouncer_pids = pgbouncer_server_pids(PGB1)
+
+    def pgpool_session(session):
+        """pgpool-II's session on db1: from pgb1, and not one of PgBouncer's server connections there."""
+        return session["addr"] == address(PGB1) and session["pid"] not in pgbouncer_pids
+
     before = client_backends(DB1)
     result = playbook("capacity.yml", "-e", f"connection_budget_report_dir={tmp_path}",
                       "-e", '{"connection_budget_capacity_thresholds": {"slots_share": 0.8, '
                       '"idle_in_transaction_seconds": 300, "idle_per_application": 4}}')
+    # capacity.yml reads pgpool-II first, whose login may make a child drop its cached connection
+    # (capacity-pgpool.yml), and then the servers: pgpool-II's sessions are compared after it.
     after = client_backends(DB1)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(before) == len(after), "sessions changed during the run; counts are not comparable"
+    others_before, others_after = [s for s in before if not pgpool_session(s)], [s for s in after if not pgpool_session(s)]
+    assert len(others_before) == len(others_after), "sessions changed during the run; counts are not comparable"
     report = json.loads((tmp_path / "capacity.json").read_text())
     db1 = report["servers"][DB1]
     max_connections = int(sql(DB1, "SHOW max_connections"))
-    assert db1["used"] == len(before)
-    assert db1["free"] == max_connections - 3 - len(before)
+    assert db1["used"] == len(after)
+    assert db1["free"] == max_connections - 3 - len(after)
     assert db1["by_application"][f"fleet-capacity-test-{RUN}"] == 4
     assert any(f"'fleet-capacity-test-{RUN}' holds 4 idle" in flag["message"] for flag in report["flags"])
     assert report["servers"][DB2]["in_recovery"] is True
     assert {pool["database"] for pool in report["poolers"][PGB1]["pools"]} == {"appdb"}
     assert {pool["database"] for pool in report["poolers"][PGB2]["pools"]} == {"appdb", "reports"}
     assert report["poolers"][PGB2]["clients_waiting"] == 0
+    pgpool = next(a for a in report["applications"] if a["host"] == DB1 and a["kind"] == "pgpool")
+    held = sum(1 for s in after if pgpool_session(s))
+    assert (pgpool["application_name"], pgpool["held"], pgpool["declared"]) == (PGB1, held, pgpool_demand())
+    assert report["pgpool"][PGB1]["num_init_children"] == pgpool_children()
     assert (tmp_path / "capacity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The chart draws the servers' used slots and the pools' server connections (colours: slot_chart.py).
     image = matplotlib.image.imread(tmp_path / "capacity.png")[:, :, :3]
@@ -314,7 +416,7 @@ def test_terminate_idle_dry_run_ends_nothing_and_confirmed_ends_exactly_the_sele
 MANAGED = {
     DB1: ["/etc/postgresql/15/main/conf.d/50-headroom.conf"],
     DB2: ["/etc/postgresql/15/main/conf.d/50-headroom.conf"],
-    PGB1: ["/etc/pgbouncer/pgbouncer.ini"],
+    PGB1: ["/etc/pgbouncer/pgbouncer.ini", "/etc/pgpool2/pgpool.conf"],
     PGB2: ["/etc/pgbouncer/pgbouncer.ini"],
 }
 
@@ -331,9 +433,9 @@ def fingerprint():
 
 def live_state():
     """What a run could change: every file headroom manages (checksum, mode, owner), the running settings,
-    the postmaster's start and last reload, PgBouncer's PIDs and live settings."""
+    the postmaster's start and last reload, PgBouncer's and pgpool-II's PIDs and live settings."""
     state = {}
-    files = ("find /etc/postgresql /etc/pgbouncer /etc/systemd/system -type f "
+    files = ("find /etc/postgresql /etc/pgbouncer /etc/pgpool2 /etc/systemd/system -type f "
              "\\( -path '/etc/systemd/system/pgbouncer*' -o ! -path '/etc/systemd/*' \\) "
              "-exec stat -c '%n %a %U %G' {} + -exec sha256sum {} + 2>/dev/null | sort")
     for name in (DB1, DB2, PGB1, PGB2):
@@ -345,6 +447,8 @@ def live_state():
         state[f"{name}:pid"] = node(name).check_output("systemctl show --property=MainPID --value pgbouncer.service")
         state[f"{name}:config"] = node(name).check_output(
             "/usr/local/lib/headroom/pgbouncer-console pgbouncer.service %s", "SHOW CONFIG")
+    state["pgpool:pid"] = node(PGB1).check_output("systemctl show --property=MainPID --value pgpool2.service")
+    state["pgpool:status"] = pgpool_sql("SHOW pool_status")
     return state
 
 
@@ -417,10 +521,7 @@ def test_site_yml_changed_nothing_on_the_server_outside_the_inventory():
 def test_verify_full_refuses_a_server_whose_certificate_names_another_host():
     """PgBouncer's verify-full with pgb2's CA and userlist: the server by its name passes, by its IP address
     (not in its certificate) the handshake is refused."""
-    address = subprocess.run(
-        ["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", EXT_ADDRESS],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    ext_address = address(EXT_ADDRESS)
     pooler = node(PGB2)
     # A throwaway PgBouncer: two entries that differ only in how they name the server.
     pooler.check_output(
@@ -431,7 +532,7 @@ def test_verify_full_refuses_a_server_whose_certificate_names_another_host():
         "'server_tls_sslmode = verify-full' 'server_tls_ca_file = /etc/ssl/certs/headroom-test-ca.pem' "
         "'pidfile = /tmp/verify-full/pgbouncer.pid' 'logfile = /tmp/verify-full/pgbouncer.log' "
         "> /tmp/verify-full/pgbouncer.ini && runuser -u postgres -- pgbouncer -d /tmp/verify-full/pgbouncer.ini",
-        EXT_ADDRESS, address,
+        EXT_ADDRESS, ext_address,
     )
     query = "'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
     login = f"PGPASSWORD={PASSWORD} psql -XAtq -h 127.0.0.1 -p 6499 -U orders_app -c {query} -d"
@@ -442,7 +543,7 @@ def test_verify_full_refuses_a_server_whose_certificate_names_another_host():
         pooler.run("kill $(cat /tmp/verify-full/pgbouncer.pid); rm -rf /tmp/verify-full")
     assert (by_name.rc, by_name.stdout.strip()) == (0, "t"), by_name.stderr
     assert by_address.rc != 0 and "query_wait_timeout" in by_address.stderr, by_address.stdout
-    assert f"TLS handshake error: name `{address}' not present in server certificate" in log, log
+    assert f"TLS handshake error: name `{ext_address}' not present in server certificate" in log, log
 
 
 def test_plan_counts_the_pools_and_clients_of_the_server_outside_the_inventory(tmp_path):

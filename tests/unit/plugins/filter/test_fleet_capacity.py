@@ -342,3 +342,49 @@ def test_pools_and_direct_clients_of_a_server_outside_the_inventory_are_declared
     # Nothing probes the server itself: the PgBouncer host's clients are still matched.
     report = fleet_capacity({"db1": probe([])}, {"pgb1": pgbouncer_probe([client("shop")] * 5)}, None, declared, NOW)
     assert application(report, "shop", "pgb1")["held"] == 5
+
+
+# pgpool-II nodes (group pgpool): what psql --csv prints for SHOW pool_pools (pgpool-II 4.3's
+# columns, as Debian 12 ships it; the ones read here keep their names in 4.4+): 3 children of
+# max_pool 1 in front of db1 and db2, two of them with cached connections.
+PGPOOL_POOLS = (
+    "pool_pid,start_time,client_connection_count,pool_id,backend_id,database,username,backend_connection_time,"
+    "client_connection_time,client_disconnection_time,client_idle_duration,majorversion,minorversion,pool_counter,"
+    "pool_backendpid,pool_connected,status\n"
+    "900,t,1,0,0,appdb,app,t,t,t,0,3,0,1,101,0,Wait for connection\n"
+    "900,t,1,0,1,appdb,app,t,t,t,0,3,0,1,201,0,Wait for connection\n"
+    "901,t,1,0,0,appdb,app,t,t,t,0,3,0,1,102,0,Wait for connection\n"
+    "901,t,1,0,1,,,,,,0,0,0,0,0,0,Wait for connection\n"
+    "902,t,0,0,0,,,,,,0,0,0,0,0,0,Wait for connection\n"
+    "902,t,0,0,1,,,,,,0,0,0,0,0,0,Wait for connection\n"
+)
+
+
+def pgpool_capacity(sessions):
+    hostvars = {"db1": {}, "db2": {}, "pool1": {"pgpool_backends": [{"host": "db1"}, {"host": "db2"}]}}
+    groups = {"postgresql": ["db1", "db2"], "pgbouncer": [], "pgpool": ["pool1"]}
+    declared = capacity_declarations(hostvars, groups, None, {"pgpool_health_check_user": "pgpool_check"})
+    return fleet_capacity({"db1": probe(sessions)}, {}, None, declared, NOW,
+                          {"pool1": {"pools": PGPOOL_POOLS}})
+
+
+def test_a_pgpool_nodes_cached_connections_and_checks_are_its_own_against_what_the_budget_counts():
+    sessions = [session(101, app="shop"), session(102, app=""), session(103, app="", user="pgpool_check", db="postgres"),
+                session(104, app="shop")]
+    report = pgpool_capacity(sessions)
+    node = application(report, "pool1")
+    # Children's PIDs 101 and 102, and the health check user's 103; 104 is nobody's.
+    assert (node["kind"], node["held"], node["pids"]) == ("pgpool", 3, [101, 102, 103])
+    assert node["declared"] == 3 * 1 + 2 + 2  # num_init_children x max_pool + checks + closing margin
+    assert application(report, "shop")["pids"] == [104]
+    assert report["pgpool"]["pool1"] == {
+        "num_init_children": 3, "max_pool": 1, "declared_per_backend": 7,
+        "backends": [{"target": "db1", "cached_connections": 2}, {"target": "db2", "cached_connections": 1}],
+    }
+
+
+def test_a_pgpool_node_over_what_the_budget_counts_is_flagged():
+    sessions = [session(101), session(102)] + [session(300 + n, app="", user="pgpool_check", db="postgres")
+                                               for n in range(6)]
+    report = pgpool_capacity(sessions)
+    assert "db1: pgpool-II pool1's children and checks holds 8 connections, 1 over its declared 7" in messages(report)[0]

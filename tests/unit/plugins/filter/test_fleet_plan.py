@@ -884,6 +884,19 @@ def test_every_pgpool_node_is_counted_on_its_primary_and_standbys():
     assert result["ok"]
 
 
+def test_a_role_that_logs_in_through_pgpool_keeps_room_for_every_child_in_its_connection_limit():
+    hostvars = {
+        "db1": server(cpus=4),
+        "db2": server(cpus=2, postgresql_primary="db1"),
+        "pool1": pgpool_node("db1", "db2", pgpool_users=[{"name": "app"}, {"name": "report"}]),
+    }
+    groups = {"postgresql": ["db1", "db2"], "pgbouncer": [], "pgpool": ["pool1"]}
+    result = fleet_plan(hostvars, groups, [{"name": "cron", "target": "db1", "connections": 5, "role": "app"}], DEFAULTS)
+    # Each of the 12 children may cache app's connection to each of max_pool 2 databases: 5 + 12 x 2.
+    assert result["servers"]["db1"]["role_connection_limits"] == {"app": 29}
+    assert result["servers"]["db2"]["role_connection_limits"] == {}
+
+
 def test_a_pgpool_node_shares_the_budget_with_pgbouncer_pools_and_direct_clients():
     hostvars = {
         "db1": server(),

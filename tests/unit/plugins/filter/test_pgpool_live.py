@@ -39,3 +39,13 @@ def test_differences_say_whether_a_restart_is_needed():
 def test_skipped_settings_are_not_compared():
     planned = {"backend_clustering_mode": "streaming_replication"}
     assert pgpool_live_diff(pgpool_status(STATUS), planned, RESTART, ["backend_clustering_mode"]) == []
+
+
+def test_weights_are_live_as_their_share_of_the_sum():
+    # pgpool-II 4.3 with two backends of weight 1 shows each as 0.500000.
+    status = {"backend_weight0": "0.500000", "backend_weight1": "0.500000"}
+    assert pgpool_live_diff(status, {"backend_weight0": 1, "backend_weight1": 1}, RESTART) == []
+    assert pgpool_live_diff(status, {"backend_weight0": 1, "backend_weight1": 3}, RESTART) == [
+        {"setting": "backend_weight0", "planned": "1", "live": "0.500000", "restart": False},
+        {"setting": "backend_weight1", "planned": "3", "live": "0.500000", "restart": False},
+    ]
