@@ -45,9 +45,10 @@ build() {
   echo "image $image: built in $((SECONDS - started)) s"
 }
 
-for release in $releases; do
-  suite=${suites[$release]:?"unknown release $release (known: ${!suites[*]})"}
-  hooks=()
+# One release's two images, bare then baked.
+build_release() {
+  local release=$1 suite=${suites[$1]}
+  local hooks=()
   # systemd 258+ (forky) needs cgroup v2: its containers start on scripts/cgroup2-init.
   [ "$suite" = forky ] && hooks=(--customize-hook="copy-in scripts/cgroup2-init /usr/local/sbin"
                                  --customize-hook="# cgroup2-init $(sha256sum < scripts/cgroup2-init)")
@@ -55,4 +56,18 @@ for release in $releases; do
   # shellcheck disable=SC2016 # $1 is mmdebstrap's, expanded by the hook's shell
   build "headroom/debian:$release-baked" "$suite" "$baked_packages" "${hooks[@]}" \
     --customize-hook='chroot "$1" systemctl disable --quiet pgbouncer.service pgpool2.service'
+}
+
+# The releases build side by side (mostly downloads and unpacking: a fresh machine builds all
+# six in about the time of the slowest release); any failed build fails the script.
+pids=()
+for release in $releases; do
+  : "${suites[$release]:?"unknown release $release (known: ${!suites[*]})"}"
+  build_release "$release" &
+  pids+=($!)
 done
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || status=1
+done
+exit "$status"
