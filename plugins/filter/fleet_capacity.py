@@ -35,6 +35,7 @@ from ansible_collections.headroom.pg.plugins.filter.fleet_plan import (
     _external_servers,
     _model_variables,
     _pgbouncer_clients,
+    _pgpool_backends,
     _plain,
     _resolve_target,
     _var,
@@ -191,17 +192,10 @@ def capacity_declarations(hostvars, groups, direct_clients=None, defaults=None, 
         }
     declared_pgpool = {}
     for node in pgpool_nodes:
-        entries = _var(models, node, "pgpool_backends", defaults) or []
-        if not isinstance(entries, list) or not all(isinstance(entry, Mapping) and entry.get("host") for entry in entries):
-            raise AnsibleFilterError(f"pgpool host {node}: pgpool_backends must be a list of mappings with a host, "
-                                     f"got {entries!r}")
+        backends = _pgpool_backends(models, node, set(servers) | set(external), addresses, defaults)
         declared_pgpool[node] = {
             # In pgpool.conf's order: backend N is the Nth entry (SHOW pool_pools backend_id).
-            "backends": [
-                _resolve_target(entry, node, set(servers) | set(external), addresses, f"pgpool host {node}: "
-                                f"pgpool_backends[{index}]")
-                for index, entry in enumerate(entries)
-            ],
+            "backends": [backend["target"] for backend in backends],
             "health_check_user": str(_var(models, node, "pgpool_health_check_user", defaults) or ""),
             "cancel_headroom": bool(_var(models, node, "pgpool_cancel_headroom", defaults)),
         }

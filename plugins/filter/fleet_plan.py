@@ -357,8 +357,8 @@ def _pooler(hostvars, pooler, servers, addresses, server_cpus_of, defaults, grou
     }
 
 
-def _pgpool_node(hostvars, node, servers, addresses, server_cpus_of, defaults):
-    """pgpool_demand for one pgpool-II node, with the server each of its pgpool_backends reaches."""
+def _pgpool_backends(hostvars, node, servers, addresses, defaults):
+    """A pgpool-II node's pgpool_backends, checked, in pgpool.conf's order, each with the server it reaches."""
     entries = _var(hostvars, node, "pgpool_backends", defaults) or []
     if not isinstance(entries, list) or not entries:
         raise AnsibleFilterError(
@@ -377,6 +377,12 @@ def _pgpool_node(hostvars, node, servers, addresses, server_cpus_of, defaults):
                 "given_other_demand": as_int(entry.get("other_demand", 0), f"{what}.other_demand", minimum=0),
             }
         )
+    return backends
+
+
+def _pgpool_node(hostvars, node, servers, addresses, server_cpus_of, defaults):
+    """pgpool_demand for one pgpool-II node, with the server each of its pgpool_backends reaches."""
+    backends = _pgpool_backends(hostvars, node, servers, addresses, defaults)
     targets = list(dict.fromkeys(backend["target"] for backend in backends))
     users = _var(hostvars, node, "pgpool_users", defaults) or []
     given = {
