@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 DB = "headroom-lab-db1"
@@ -139,10 +141,19 @@ def controller_cpu():
 # ---------------------------------------------------------------- lab and inventories
 
 
-def write_inventory(directory, hosts, groups, overlay=None):
-    """An inventory of lab containers with the lab's group_vars (plus an overlay for group pgbouncer)."""
+def write_inventory(directory, hosts, groups, overlay=None, fresh_fleet=False):
+    """An inventory of lab containers with the lab's group_vars (plus an overlay for group pgbouncer).
+    fresh_fleet: hosts other than the lab's, so the lab's direct clients (they name headroom-lab-db1)
+    are left out; fleet_plan would refuse a client whose target is not in the inventory."""
     os.makedirs(directory, exist_ok=True)
     shutil.copytree(os.path.join(ROOT, "inventories", "lab", "group_vars"), os.path.join(directory, "group_vars"), dirs_exist_ok=True)
+    if fresh_fleet:
+        every = os.path.join(directory, "group_vars", "all.yml")
+        with open(every, encoding="utf-8") as handle:
+            lab_vars = yaml.safe_load(handle)
+        lab_vars.pop("headroom_direct_clients", None)
+        with open(every, "w", encoding="utf-8") as handle:
+            handle.write("---\n" + yaml.safe_dump(lab_vars, default_flow_style=False))
     lines = ["---", "all:", "  children:"]
     for group in groups:
         lines += [f"    {group}:", "      hosts:"] + [f"        {host}:" for host in hosts]
@@ -472,7 +483,7 @@ def site_cost(size, workdir, results, save):
             cached = os.path.join(ROOT, ".cache", "facts", name)
             if os.path.exists(cached):
                 os.remove(cached)
-        inventory = write_inventory(os.path.join(workdir, f"inventory-site-{count}"), names, ["postgresql", "pgbouncer"])
+        inventory = write_inventory(os.path.join(workdir, f"inventory-site-{count}"), names, ["postgresql", "pgbouncer"], fresh_fleet=True)
         first, _output = playbook(["-i", inventory, "site.yml"])
         noop, _output = playbook(["-i", inventory, "site.yml"])
         log(f"  first {first['seconds']} s ({first['tasks']} tasks), no-op {noop['seconds']} s changed={noop['recap']['changed']}")

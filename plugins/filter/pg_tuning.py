@@ -153,8 +153,31 @@ def pg_pending_restart(clusters, parity):
     return pending
 
 
+def pg_tuning_report(plans, overridden, pending):
+    """The role's closing message, one line per finding: each plan's warnings, each managed setting
+    that another file overrides (with the way to reset an ALTER SYSTEM value), and the settings that
+    wait for a restart. [] when there is nothing to say."""
+    managed = {plan["name"]: plan.get("settings", {}) for plan in plans}
+    lines = ["Cluster %s: %s" % (plan["name"], warning) for plan in plans for warning in plan.get("warnings") or []]
+    for row in overridden:
+        hint = ""
+        if str(row["sourcefile"]).endswith("/postgresql.auto.conf"):
+            hint = " (ALTER SYSTEM; set postgresql_tuning_reset_alter_system: true to reset it)"
+        lines.append("Cluster %s: %s = %s in %s:%s overrides the managed value %s%s." % (
+            row["cluster"], row["name"], row["setting"], row["sourcefile"], row["sourceline"],
+            managed.get(row["cluster"], {}).get(row["name"]), hint))
+    if pending:
+        lines.append(
+            "%d setting(s) wait for a restart (postgresql_tuning_allow_restart is false; playbooks/restart.yml restarts"
+            " them, and site.yml does when it is true): %s" % (len(pending), "; ".join(
+                "%s %s running %s, configured %s" % (row["cluster"], row["name"], row.get("running"), row.get("configured"))
+                for row in pending)))
+    return lines
+
+
 class FilterModule:
     """postgresql_tuning's plan."""
 
     def filters(self):
-        return {"pg_tuning_plans": pg_tuning_plans, "pg_tuning_live": pg_tuning_live, "pg_pending_restart": pg_pending_restart}
+        return {"pg_tuning_plans": pg_tuning_plans, "pg_tuning_live": pg_tuning_live, "pg_pending_restart": pg_pending_restart,
+                "pg_tuning_report": pg_tuning_report}

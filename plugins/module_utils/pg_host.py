@@ -48,6 +48,37 @@ def list_clusters(module):
     return json.loads(out or "[]")
 
 
+def package_versions(module, names):
+    """Debian packages to their installed version, None for those not installed (dpkg-query)."""
+    if not names:
+        return {}
+    # dpkg-query exits 1 when a package was never installed; it is then reported as None.
+    rc, stdout, stderr = module.run_command(
+        ["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Status} ${Version}\\n"] + list(names))
+    if rc not in (0, 1):
+        module.fail_json(msg="dpkg-query failed: %s" % stderr.strip(), rc=rc)
+    found = {}
+    for line in stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] == "installed":
+            found[fields[0]] = fields[2]
+    return dict((name, found.get(name)) for name in names)
+
+
+def units_enabled(module, units):
+    """Each systemd unit to whether it starts at boot (systemctl is-enabled: one line per unit)."""
+    if not units:
+        return {}
+    tool = module.get_bin_path("systemctl")
+    if tool is None:
+        return dict((unit, False) for unit in units)
+    # is-enabled exits non-zero when one unit is not enabled; each line still says its state.
+    _rc, out, _err = module.run_command([tool, "is-enabled"] + list(units))
+    states = out.splitlines()
+    return dict((unit, index < len(states) and states[index].strip() in ("enabled", "enabled-runtime"))
+                for index, unit in enumerate(units))
+
+
 def run_sql(module, cluster, sql, variables=None):
     """Runs SQL (one statement that prints one line) with psql; returns the line. Variables are
     set with --set and read in the SQL as :'name' (psql quotes them as literals)."""

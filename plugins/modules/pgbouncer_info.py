@@ -200,6 +200,7 @@ from ansible_collections.headroom.pg.plugins.module_utils.pgbouncer import (
     parse_systemctl_show,
     read_file,
 )
+from ansible_collections.headroom.pg.plugins.module_utils.pg_host import package_versions
 
 SYSTEMD_DIR = "/etc/systemd/system"
 INI_FILE = re.compile(r"^pgbouncer(-[0-9]+)?\.ini(\.last-good)?$")
@@ -219,20 +220,6 @@ def installed_version(module):
     _rc, stdout = run(module, [binary, "--version"])
     match = re.search(r"[0-9]+\.[0-9]+(\.[0-9]+)?", stdout)
     return match.group(0) if match else None
-
-
-def package_versions(module, names):
-    if not names:
-        return {}
-    # dpkg-query exits 1 when a package was never installed; it is then reported as null.
-    _rc, stdout = run(module, ["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Status} ${Version}\\n"] + names,
-                      allowed=(0, 1))
-    found = {}
-    for line in stdout.splitlines():
-        fields = line.split()
-        if len(fields) == 3 and fields[1] == "installed":
-            found[fields[0]] = fields[2]
-    return dict((name, found.get(name)) for name in names)
 
 
 def config_files(directory):

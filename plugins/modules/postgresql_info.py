@@ -60,6 +60,11 @@ options:
     description: Whether to query the running servers; V(false) returns the clusters and resources only.
     type: bool
     default: true
+  packages:
+    description: Debian packages whose installed version RV(packages) reports (C(dpkg-query)).
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     description: Reads only, so it runs the same in check mode.
@@ -92,6 +97,11 @@ resources:
   description: Memory, CPUs and cgroup limits of this module's own process (a host without a running cluster).
   returned: always
   type: dict
+packages:
+  description: Each package of O(packages) to its installed version, or null when it is not installed.
+  returned: always
+  type: dict
+  sample: {"postgresql-15": "15.14-0+deb12u1", "postgresql-contrib": null}
 huge_pages:
   description: The kernel's huge pages (C(total), C(free), C(reserved)) from /proc/meminfo.
   returned: always
@@ -138,6 +148,9 @@ clusters:
     unit:
       description: systemd unit.
       type: str
+    enabled:
+      description: Whether the unit starts at boot (C(systemctl is-enabled)).
+      type: bool
     bindir:
       description: Directory of the server's programs.
       type: str
@@ -219,7 +232,9 @@ from ansible_collections.headroom.pg.plugins.module_utils.pg_host import (
     list_clusters,
     postmaster_pid,
     resources,
+    package_versions,
     run_sql,
+    units_enabled,
     version_of,
 )
 
@@ -354,14 +369,19 @@ def main():
             "reserved_roles": {"type": "list", "elements": "str", "default": [], "no_log": False},
             "role_connection_limits": {"type": "dict", "default": {}, "no_log": False},
             "read_servers": {"type": "bool", "default": True},
+            "packages": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
     asked = module.params["clusters"]
     clusters = [read_cluster(module, found, not asked or cluster_key(found) in asked) for found in list_clusters(module)]
+    enabled = units_enabled(module, [cluster["unit"] for cluster in clusters])
+    for cluster in clusters:
+        cluster["enabled"] = enabled[cluster["unit"]]
     module.exit_json(
         changed=False,
         check_mode=module.check_mode,
+        packages=package_versions(module, module.params["packages"]),
         resources=resources(),
         huge_pages=huge_pages(),
         clusters=clusters,

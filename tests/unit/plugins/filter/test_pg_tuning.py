@@ -4,7 +4,7 @@ import copy
 
 import pytest
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import _server_spec
-from ansible_collections.headroom.pg.plugins.filter.pg_tuning import pg_pending_restart, pg_tuning_live, pg_tuning_plans
+from ansible_collections.headroom.pg.plugins.filter.pg_tuning import pg_pending_restart, pg_tuning_live, pg_tuning_plans, pg_tuning_report
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import in_role_terms, tuning_spec
 
 GB = 2**30
@@ -273,3 +273,19 @@ def test_bad_inputs_are_refused_before_the_host_is_planned(variables, refusal):
     planned = pg_tuning_plans({"clusters": [stopped()]}, dict(VARIABLES, **variables), "db1")
     assert planned["plans"] == []
     assert any(r.startswith(refusal) for r in planned["refusals"]), planned["refusals"]
+
+
+def test_report_says_each_warning_override_and_pending_restart_on_a_line_and_nothing_when_all_is_well():
+    plans = [{"name": "16/main", "settings": {"work_mem": "4MB"}, "warnings": ["a", "b"]}, {"name": "16/b", "warnings": []}]
+    overridden = [{"cluster": "16/main", "name": "work_mem", "setting": "8MB", "sourceline": 3,
+                   "sourcefile": "/var/lib/postgresql/16/main/postgresql.auto.conf"}]
+    pending = [{"cluster": "16/main", "name": "max_connections", "running": "100", "configured": "40"}]
+    assert pg_tuning_report(plans, overridden, pending) == [
+        "Cluster 16/main: a",
+        "Cluster 16/main: b",
+        "Cluster 16/main: work_mem = 8MB in /var/lib/postgresql/16/main/postgresql.auto.conf:3 overrides the managed"
+        " value 4MB (ALTER SYSTEM; set postgresql_tuning_reset_alter_system: true to reset it).",
+        "1 setting(s) wait for a restart (postgresql_tuning_allow_restart is false; playbooks/restart.yml restarts them,"
+        " and site.yml does when it is true): 16/main max_connections running 100, configured 40",
+    ]
+    assert pg_tuning_report([plans[1]], [], []) == []
