@@ -69,6 +69,36 @@ def pgbouncer_targets(databases, sizing, host, hostvars, external_servers, socke
     return targets
 
 
+def pgbouncer_auth_servers(targets, auth_mode, admin_users, stats_users):
+    """Each inventory server the targets live on, in order of first use, for tasks/auth.yml and
+    hba.yml: its name, the port to reach it on (its first target's), its targets, whether one is
+    reached over the Unix socket, and the users whose verifiers the userlist takes from it (the
+    targets' users in userlist mode; the admin and stats users from the first server, where they
+    must exist)."""
+    servers = []
+    for target in targets:
+        if target["server"] and target["server"] not in servers:
+            servers.append(target["server"])
+    result = []
+    for position, server in enumerate(servers):
+        own = [target for target in targets if target["server"] == server]
+        users = []
+        if auth_mode == "userlist":
+            for target in own:
+                if isinstance(target["users"], list):
+                    users.extend(target["users"])
+        if position == 0:
+            users.extend(list(admin_users) + list(stats_users))
+        result.append({
+            "name": server,
+            "port": own[0]["port"],
+            "targets": own,
+            "users": list(dict.fromkeys(users)),
+            "socket": any(target["socket"] for target in own),
+        })
+    return result
+
+
 def pgbouncer_instances(processes, config_dir, unix_socket_dir, log_dir):
     """The PgBouncer processes: one keeps Debian's unit and paths (id 0); several get
     pgbouncer@<n> (ids 1..n), each with its own ini, socket directory, pidfile and log."""
@@ -98,4 +128,8 @@ class FilterModule:
     """The pgbouncer role's targets and processes."""
 
     def filters(self):
-        return {"pgbouncer_targets": pgbouncer_targets, "pgbouncer_instances": pgbouncer_instances}
+        return {
+            "pgbouncer_targets": pgbouncer_targets,
+            "pgbouncer_auth_servers": pgbouncer_auth_servers,
+            "pgbouncer_instances": pgbouncer_instances,
+        }

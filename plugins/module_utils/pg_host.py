@@ -65,6 +65,42 @@ def package_versions(module, names):
     return dict((name, found.get(name)) for name in names)
 
 
+def path_states(paths):
+    """Each path to what file/copy/template would compare: whether it exists, is a directory,
+    its mode (octal string), owner and group names, and for a regular file its SHA-1 checksum."""
+    import grp
+    import hashlib
+    import pwd
+    import stat
+
+    def name(lookup, number):
+        try:
+            return lookup(number)[0]
+        except KeyError:
+            return str(number)
+
+    states = {}
+    for path in paths:
+        try:
+            found = os.lstat(path)
+        except OSError:
+            states[path] = {"exists": False, "isdir": False, "mode": None, "owner": None, "group": None, "checksum": None}
+            continue
+        checksum = None
+        if stat.S_ISREG(found.st_mode):
+            with open(path, "rb") as handle:
+                checksum = hashlib.sha1(handle.read()).hexdigest()
+        states[path] = {
+            "exists": True,
+            "isdir": stat.S_ISDIR(found.st_mode),
+            "mode": "%04o" % stat.S_IMODE(found.st_mode),
+            "owner": name(pwd.getpwuid, found.st_uid),
+            "group": name(grp.getgrgid, found.st_gid),
+            "checksum": checksum,
+        }
+    return states
+
+
 def units_enabled(module, units):
     """Each systemd unit to whether it starts at boot (systemctl is-enabled: one line per unit)."""
     if not units:

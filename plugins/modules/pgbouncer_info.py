@@ -65,6 +65,13 @@ options:
       - Read each running unit's last file descriptor report from its log file.
     type: bool
     default: true
+  paths:
+    description:
+      - Files and directories whose state RV(paths) reports, so that a caller can leave alone the ones
+        that are already as it wants them.
+    type: list
+    elements: path
+    default: []
 notes:
   - Runs on the PgBouncer host as root (C(become)), which may read every process's C(/proc) entries.
   - Needs C(psql) and C(setpriv) (util-linux) on the host.
@@ -106,6 +113,14 @@ template_unit:
   description: Whether C(/etc/systemd/system/pgbouncer@.service) or its drop-in directory exists.
   returned: always
   type: bool
+paths:
+  description:
+    - Each path of O(paths) with C(exists), C(isdir), C(mode) (octal string), C(owner), C(group) and, for a
+      regular file, its SHA-1 C(checksum) (null otherwise). A missing path has only C(exists=false) set.
+  returned: always
+  type: dict
+  sample: {"/usr/local/lib/headroom": {"exists": true, "isdir": true, "mode": "0755", "owner": "root", "group": "root",
+           "checksum": null}}
 units:
   description: The units by name, as systemd sees them, with what their running process reports.
   returned: always
@@ -200,7 +215,7 @@ from ansible_collections.headroom.pg.plugins.module_utils.pgbouncer import (
     parse_systemctl_show,
     read_file,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_host import package_versions
+from ansible_collections.headroom.pg.plugins.module_utils.pg_host import package_versions, path_states
 
 SYSTEMD_DIR = "/etc/systemd/system"
 INI_FILE = re.compile(r"^pgbouncer(-[0-9]+)?\.ini(\.last-good)?$")
@@ -278,6 +293,7 @@ def main():
             config_dir=dict(type="path", default="/etc/pgbouncer"),
             packages=dict(type="list", elements="str", default=[]),
             fd_report=dict(type="bool", default=True),
+            paths=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -297,6 +313,7 @@ def main():
         template_unit=any(os.path.exists(os.path.join(SYSTEMD_DIR, name))
                           for name in ("pgbouncer@.service", "pgbouncer@.service.d")),
         units=units,
+        paths=path_states(params["paths"]),
     )
 
 
