@@ -131,6 +131,16 @@ def playbook(args, timeout=3600):
     return {"seconds": round(seconds, 1), "controller_cpu_s": round(cpu, 1), "recap": recap, "tasks": tasks}, result.stdout
 
 
+def containers_cpu(names):
+    """CPU seconds the lab containers have used so far (cgroup v1 cpuacct, as Docker's cgroupfs driver lays it out)."""
+    total = 0
+    for name in names:
+        container = run(["docker", "inspect", "-f", "{{.Id}}", name]).stdout.strip()
+        with open(f"/sys/fs/cgroup/cpuacct/docker/{container}/cpuacct.usage", encoding="utf-8") as handle:
+            total += int(handle.read())
+    return total / 1e9
+
+
 def controller_cpu():
     """CPU seconds (user + system) of this process's finished children: ansible-playbook and its
     forks, which it waits for. Module runs in the lab containers are not counted."""
@@ -485,7 +495,11 @@ def site_cost(size, workdir, results, save):
                 os.remove(cached)
         inventory = write_inventory(os.path.join(workdir, f"inventory-site-{count}"), names, ["postgresql", "pgbouncer"], fresh_fleet=True)
         first, _output = playbook(["-i", inventory, "site.yml"])
+        hosts_before = containers_cpu(names)
         noop, _output = playbook(["-i", inventory, "site.yml"])
+        # The modules run in the containers, on the same 2 cores as the controller: their CPU is the
+        # other half of what a no-op costs (the containers' cgroups, the servers' own work included).
+        noop["hosts_cpu_s"] = round(containers_cpu(names) - hosts_before, 1)
         log(f"  first {first['seconds']} s ({first['tasks']} tasks), no-op {noop['seconds']} s changed={noop['recap']['changed']}")
         results["site"].append({"hosts": count, "first": first, "noop": noop})
         save()
@@ -541,15 +555,25 @@ def write_report(out):
         f"{fmt(r['tps'], 0)} | {r['exit_code']} |"])
     a = results.get("ansible") or {"site": [], "plan": []}
     lines += ["", "## Ansible cost", "",
-              "Controller CPU: user + system seconds of ansible-playbook and its forks (module runs in the containers not counted).", "",
-              "| playbook | hosts | first converge s | tasks | no-op rerun s | no-op controller CPU s | no-op changed |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "Controller CPU: user + system seconds of ansible-playbook and its forks. Hosts' CPU: what the lab "
+              "containers used during the no-op (the modules, psql and the servers' own work), on the same cores. "
+              "Task results per host: the no-op's ok + changed + skipped over all hosts, divided by the hosts "
+              "(run_once tasks count once).", "",
+              "| playbook | hosts | first converge s | tasks | no-op rerun s | no-op task results per host | "
+              "no-op controller CPU s (per host) | no-op hosts' CPU s (per host) | no-op changed |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in sorted(a["site"], key=lambda s: s["hosts"]):
-        first = s["first"] or {}
-        lines.append(f"| site.yml | {s['hosts']} | {fmt(first.get('seconds'), 1)} | {first.get('tasks', s['noop']['tasks'])} | "
-                     f"{s['noop']['seconds']} | {fmt(s['noop'].get('controller_cpu_s'), 1)} | {s['noop']['recap']['changed']} |")
+        first, noop, hosts = s["first"] or {}, s["noop"], s["hosts"]
+        results_per_host = (noop["recap"]["ok"] + noop["recap"]["changed"] + noop["recap"]["skipped"]) / hosts
+        controller = noop.get("controller_cpu_s")
+        hosts_cpu = noop.get("hosts_cpu_s")
+        lines.append(f"| site.yml | {hosts} | {fmt(first.get('seconds'), 1)} | {first.get('tasks', noop['tasks'])} | "
+                     f"{noop['seconds']} | {fmt(results_per_host, 1)} | "
+                     f"{fmt(controller, 1)} ({fmt(controller / hosts if controller is not None else None, 1)}) | "
+                     f"{fmt(hosts_cpu, 1)} ({fmt(hosts_cpu / hosts if hosts_cpu is not None else None, 1)}) | "
+                     f"{noop['recap']['changed']} |")
     for p in a["plan"]:
-        lines.append(f"| plan.yml | {p['hosts']} | {p['seconds']} | {p['tasks']} | - | - | exit {p['exit_code']} |")
+        lines.append(f"| plan.yml | {p['hosts']} | {p['seconds']} | {p['tasks']} | - | - | - | - | exit {p['exit_code']} |")
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     plot(results, out)
