@@ -533,13 +533,17 @@ def write_report(out):
     m = results["machine"]
     lines += [f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB, kernel {m['kernel']}; "
               f"db1 limited to {m['db1_memory_limit']}; {'; '.join(m['lab_versions'])}; {m['ansible']}.", ""]
-    lines += ["## Connection storm", "",
-              f"Transactions per point: {results['storm_transactions']} (at least {MIN_TRANSACTIONS_PER_CLIENT} per client), "
-              "counted after every client logged in. Ceiling: best direct tps with at most "
-              f"{CEILING_MAX_CLIENTS} clients: " + ", ".join(f"{k} {v:.0f} tps" for k, v in results.get("ceilings", {}).items()) + ".", "",
-              "| setup | workload | scale | clients | tps | ratio to ceiling | mean ms | p99 ms | failed txns | conn errors "
-              "| peak backends | PG MB | PgBouncer MB |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["## Connection storm", ""]
+    if not results.get("storm"):
+        lines += ["Not measured in this run."]
+    else:
+        lines += [
+            f"Transactions per point: {results['storm_transactions']} (at least {MIN_TRANSACTIONS_PER_CLIENT} per client), "
+            "counted after every client logged in. Ceiling: best direct tps with at most "
+            f"{CEILING_MAX_CLIENTS} clients: " + ", ".join(f"{k} {v:.0f} tps" for k, v in results.get("ceilings", {}).items()) + ".", "",
+            "| setup | workload | scale | clients | tps | ratio to ceiling | mean ms | p99 ms | failed txns | conn errors "
+            "| peak backends | PG MB | PgBouncer MB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in results.get("storm", []):
         lines.append(f"| {p['setup']} | {p['workload']} | {p['scale']} | {p['clients']} | {fmt(p['tps'], 0)} | {fmt(p['ratio_to_ceiling'], 2)} | "
                      f"{fmt(p['latency_mean_ms'], 1)} | {fmt(p['latency_p99_ms'], 1)} | {p['failed_transactions']} | {p['connection_errors']} | "
@@ -558,10 +562,11 @@ def write_report(out):
               "Controller CPU: user + system seconds of ansible-playbook and its forks. Hosts' CPU: what the lab "
               "containers used during the no-op (the modules, psql and the servers' own work), on the same cores. "
               "Task results per host: the no-op's ok + changed + skipped over all hosts, divided by the hosts "
-              "(run_once tasks count once).", "",
+              "(run_once tasks count once). Cores busy: both CPU figures over the no-op's wall time, of the "
+              f"machine's {os.cpu_count()}.", "",
               "| playbook | hosts | first converge s | tasks | no-op rerun s | no-op task results per host | "
-              "no-op controller CPU s (per host) | no-op hosts' CPU s (per host) | no-op changed |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "no-op controller CPU s (per host) | no-op hosts' CPU s (per host) | no-op cores busy | no-op changed |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in sorted(a["site"], key=lambda s: s["hosts"]):
         first, noop, hosts = s["first"] or {}, s["noop"], s["hosts"]
         results_per_host = (noop["recap"]["ok"] + noop["recap"]["changed"] + noop["recap"]["skipped"]) / hosts
@@ -571,9 +576,10 @@ def write_report(out):
                      f"{noop['seconds']} | {fmt(results_per_host, 1)} | "
                      f"{fmt(controller, 1)} ({fmt(controller / hosts if controller is not None else None, 1)}) | "
                      f"{fmt(hosts_cpu, 1)} ({fmt(hosts_cpu / hosts if hosts_cpu is not None else None, 1)}) | "
+                     f"{fmt((controller + hosts_cpu) / noop['seconds'] if None not in (controller, hosts_cpu) else None, 2)} | "
                      f"{noop['recap']['changed']} |")
     for p in a["plan"]:
-        lines.append(f"| plan.yml | {p['hosts']} | {p['seconds']} | {p['tasks']} | - | - | - | - | exit {p['exit_code']} |")
+        lines.append(f"| plan.yml | {p['hosts']} | {p['seconds']} | {p['tasks']} | - | - | - | - | - | exit {p['exit_code']} |")
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     plot(results, out)
@@ -591,9 +597,10 @@ def plot(results, out):
 
     storm = results.get("storm", [])
     combos = sorted({(p["workload"], p["scale"]) for p in storm})
-    for metric, label, name in [("tps", "transactions per second", "storm-tps.png"),
-                                ("latency_p99_ms", "p99 latency (ms)", "storm-p99.png"),
-                                ("peak_server_backends", "peak server backends", "storm-backends.png")]:
+    # A run of some parts only (--parts site, say) has no storm to draw.
+    for metric, label, name in ([] if not combos else [("tps", "transactions per second", "storm-tps.png"),
+                                                       ("latency_p99_ms", "p99 latency (ms)", "storm-p99.png"),
+                                                       ("peak_server_backends", "peak server backends", "storm-backends.png")]):
         fig, axes = plt.subplots(1, len(combos), figsize=(5 * len(combos), 4), squeeze=False)
         for ax, (workload, scale) in zip(axes[0], combos):
             for setup, spec in SETUPS.items():
