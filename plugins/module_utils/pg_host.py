@@ -10,8 +10,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import grp
+import hashlib
 import json
 import os
+import pwd
+import stat
 
 # Debian's postgresql-common: one unit and one binary directory per VERSION/NAME.
 UNIT = "postgresql@{version}-{cluster}"
@@ -65,20 +69,27 @@ def package_versions(module, names):
     return dict((name, found.get(name)) for name in names)
 
 
+def _name(lookup, number):
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
+def owner_and_group(found):
+    """The owner and group names of an os.stat result (the number when a name is unknown)."""
+    return _name(pwd.getpwuid, found.st_uid), _name(grp.getgrgid, found.st_gid)
+
+
+def sha1_of(path):
+    """The SHA-1 checksum of a file, as Ansible's stat and copy compare files."""
+    with open(path, "rb") as handle:
+        return hashlib.sha1(handle.read()).hexdigest()
+
+
 def path_states(paths):
     """Each path to what file/copy/template would compare: whether it exists, is a directory,
     its mode (octal string), owner and group names, and for a regular file its SHA-1 checksum."""
-    import grp
-    import hashlib
-    import pwd
-    import stat
-
-    def name(lookup, number):
-        try:
-            return lookup(number)[0]
-        except KeyError:
-            return str(number)
-
     states = {}
     for path in paths:
         try:
@@ -86,17 +97,14 @@ def path_states(paths):
         except OSError:
             states[path] = {"exists": False, "isdir": False, "mode": None, "owner": None, "group": None, "checksum": None}
             continue
-        checksum = None
-        if stat.S_ISREG(found.st_mode):
-            with open(path, "rb") as handle:
-                checksum = hashlib.sha1(handle.read()).hexdigest()
+        owner, group = owner_and_group(found)
         states[path] = {
             "exists": True,
             "isdir": stat.S_ISDIR(found.st_mode),
             "mode": "%04o" % stat.S_IMODE(found.st_mode),
-            "owner": name(pwd.getpwuid, found.st_uid),
-            "group": name(grp.getgrgid, found.st_gid),
-            "checksum": checksum,
+            "owner": owner,
+            "group": group,
+            "checksum": sha1_of(path) if stat.S_ISREG(found.st_mode) else None,
         }
     return states
 

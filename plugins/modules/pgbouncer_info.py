@@ -116,7 +116,7 @@ template_unit:
 paths:
   description:
     - Each path of O(paths) with C(exists), C(isdir), C(mode) (octal string), C(owner), C(group) and, for a
-      regular file, its SHA-1 C(checksum) (null otherwise). A missing path has only C(exists=false) set.
+      regular file, its SHA-1 C(checksum) (null otherwise). A missing path has C(exists=false) and the others null.
   returned: always
   type: dict
   sample: {"/usr/local/lib/headroom": {"exists": true, "isdir": true, "mode": "0755", "owner": "root", "group": "root",
@@ -198,7 +198,6 @@ units:
 """
 
 import glob
-import hashlib
 import os
 import re
 
@@ -215,7 +214,7 @@ from ansible_collections.headroom.pg.plugins.module_utils.pgbouncer import (
     parse_systemctl_show,
     read_file,
 )
-from ansible_collections.headroom.pg.plugins.module_utils.pg_host import package_versions, path_states
+from ansible_collections.headroom.pg.plugins.module_utils.pg_host import package_versions, path_states, sha1_of
 
 SYSTEMD_DIR = "/etc/systemd/system"
 INI_FILE = re.compile(r"^pgbouncer(-[0-9]+)?\.ini(\.last-good)?$")
@@ -241,8 +240,7 @@ def config_files(directory):
     files = {}
     for path in sorted(glob.glob(os.path.join(directory, "pgbouncer*.ini*"))):
         if INI_FILE.match(os.path.basename(path)) and os.path.isfile(path):
-            with open(path, "rb") as handle:
-                files[path] = hashlib.sha1(handle.read()).hexdigest()
+            files[path] = sha1_of(path)
     return files
 
 

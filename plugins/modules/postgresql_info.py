@@ -216,10 +216,8 @@ clusters:
 """
 
 import fnmatch
-import grp
 import json
 import os
-import pwd
 import re
 import stat
 
@@ -230,9 +228,10 @@ from ansible_collections.headroom.pg.plugins.module_utils.pg_host import (
     cluster_key,
     huge_pages,
     list_clusters,
+    owner_and_group,
+    package_versions,
     postmaster_pid,
     resources,
-    package_versions,
     run_sql,
     units_enabled,
     version_of,
@@ -299,23 +298,17 @@ def _managed_file(cluster, config_file, config_mode, include_file):
     backups.sort(key=lambda backup: backup["mtime"], reverse=True)
     exists = os.path.exists(path)
     found = os.stat(directory) if os.path.isdir(directory) else None
+    owner, group = owner_and_group(found) if found else ("", "")
     return include_dir_set, {
         "path": path,
         "exists": exists,
         "mtime": os.stat(path).st_mtime if exists else 0,
         "dir_exists": found is not None,
         "dir_mode": "%04o" % stat.S_IMODE(found.st_mode) if found else "",
-        "dir_owner": _name(pwd.getpwuid, found.st_uid) if found else "",
-        "dir_group": _name(grp.getgrgid, found.st_gid) if found else "",
+        "dir_owner": owner,
+        "dir_group": group,
         "backups": backups,
     }
-
-
-def _name(lookup, number):
-    try:
-        return lookup(number)[0]
-    except KeyError:
-        return str(number)
 
 
 def _pkglibdir(module, bindir):
