@@ -2,7 +2,9 @@
 
 A file, copy or template task that finds nothing to change still costs two round trips to the
 host (a stat, then the file module for owner and mode). A role that has read the host already
-(module pgbouncer_info, option paths) loops its task over only the entries this filter returns.
+(module pgbouncer_info, option paths; postgresql_info's managed_file) loops its task over only
+the entries paths_to_write returns, or skips a template whose rendering file_differs finds on
+the host already.
 """
 
 import hashlib
@@ -24,20 +26,29 @@ def paths_to_write(wanted, states):
         missing = [key for key in ("path",) + ATTRIBUTES if key not in entry]
         if missing:
             raise AnsibleFilterError(f"paths_to_write: entry {entry!r} lacks {', '.join(missing)}")
-        state = states.get(entry["path"]) or {}
-        same = bool(state.get("exists")) and all(str(state.get(key)) == str(entry[key]) for key in ATTRIBUTES)
-        if "content" in entry:
-            same = same and not state.get("isdir") and state.get("checksum") == hashlib.sha1(
-                str(entry["content"]).encode("utf-8")).hexdigest()
-        else:
-            same = same and bool(state.get("isdir"))
-        if not same:
+        if _differs(states.get(entry["path"]) or {}, entry):
             changes.append(entry)
     return changes
+
+
+def file_differs(state, content, owner, group, mode):
+    """Whether a file with this content, owner, group and mode differs from ``state``, a read's
+    state of its path (exists, isdir, mode, owner, group, checksum); a missing state differs."""
+    if state is not None and not isinstance(state, Mapping):
+        raise AnsibleFilterError(f"file_differs: the state must be a read's state of a path (a mapping), got {state!r}")
+    return _differs(state or {}, {"content": content, "owner": owner, "group": group, "mode": mode})
+
+
+def _differs(state, entry):
+    same = bool(state.get("exists")) and all(str(state.get(key)) == str(entry[key]) for key in ATTRIBUTES)
+    if "content" in entry:
+        return not (same and not state.get("isdir") and state.get("checksum") == hashlib.sha1(
+            str(entry["content"]).encode("utf-8")).hexdigest())
+    return not (same and bool(state.get("isdir")))
 
 
 class FilterModule:
     """Files a read found missing or different."""
 
     def filters(self):
-        return {"paths_to_write": paths_to_write}
+        return {"paths_to_write": paths_to_write, "file_differs": file_differs}

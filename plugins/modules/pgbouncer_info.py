@@ -115,8 +115,9 @@ template_unit:
   type: bool
 paths:
   description:
-    - Each path of O(paths) with C(exists), C(isdir), C(mode) (octal string), C(owner), C(group) and, for a
-      regular file, its SHA-1 C(checksum) (null otherwise). A missing path has C(exists=false) and the others null.
+    - Each path of O(paths), and each ini file of RV(config_files), with C(exists), C(isdir), C(mode) (octal
+      string), C(owner), C(group) and, for a regular file, its SHA-1 C(checksum) (null otherwise). A missing path
+      has C(exists=false) and the others null.
   returned: always
   type: dict
   sample: {"/usr/local/lib/headroom": {"exists": true, "isdir": true, "mode": "0755", "owner": "root", "group": "root",
@@ -303,15 +304,16 @@ def main():
         units[name].update(socket=None, nofile=None, program_replaced=False, config={}, databases=[], pools=[], users=[], fd_report=None)
         if units[name]["running"]:
             read_process(module, units[name], show, params["fd_report"])
+    inis = config_files(params["config_dir"])
     module.exit_json(
         changed=False,
         version=installed_version(module),
         packages=package_versions(module, params["packages"]),
-        config_files=config_files(params["config_dir"]),
+        config_files=inis,
         template_unit=any(os.path.exists(os.path.join(SYSTEMD_DIR, name))
                           for name in ("pgbouncer@.service", "pgbouncer@.service.d")),
         units=units,
-        paths=path_states(params["paths"]),
+        paths=path_states(sorted(set(params["paths"]) | set(inis))),
     )
 
 

@@ -162,7 +162,8 @@ clusters:
       type: bool
     managed_file:
       description: >-
-        Path, C(exists) and C(mtime) of the managed file; whether its directory exists (C(dir_exists)) and its
+        Path, C(exists), C(isdir), C(mtime), C(mode) (octal), C(owner), C(group) and SHA-1 C(checksum) of the managed
+        file (the last four null when it is missing); whether its directory exists (C(dir_exists)) and its
         C(dir_mode) (octal), C(dir_owner) and C(dir_group); and its C(backups) (C(path), C(mtime)), newest first.
       type: dict
     resources:
@@ -230,6 +231,7 @@ from ansible_collections.headroom.pg.plugins.module_utils.pg_host import (
     list_clusters,
     owner_and_group,
     package_versions,
+    path_states,
     postmaster_pid,
     resources,
     run_sql,
@@ -299,7 +301,9 @@ def _managed_file(cluster, config_file, config_mode, include_file):
     exists = os.path.exists(path)
     found = os.stat(directory) if os.path.isdir(directory) else None
     owner, group = owner_and_group(found) if found else ("", "")
-    return include_dir_set, {
+    # isdir, mode, owner, group and checksum: what the template task would compare.
+    managed = path_states([path])[path]
+    managed.update({
         "path": path,
         "exists": exists,
         "mtime": os.stat(path).st_mtime if exists else 0,
@@ -308,7 +312,8 @@ def _managed_file(cluster, config_file, config_mode, include_file):
         "dir_owner": owner,
         "dir_group": group,
         "backups": backups,
-    }
+    })
+    return include_dir_set, managed
 
 
 def _pkglibdir(module, bindir):

@@ -1,7 +1,7 @@
 import hashlib
 
 import pytest
-from ansible_collections.headroom.pg.plugins.filter.host_files import paths_to_write
+from ansible_collections.headroom.pg.plugins.filter.host_files import file_differs, paths_to_write
 
 HELPER = "#!/bin/sh\necho ok\n"
 DIRECTORY = {"path": "/etc/pgbouncer", "owner": "root", "group": "postgres", "mode": "0750"}
@@ -33,3 +33,19 @@ def test_a_directory_that_is_a_file_or_missing_is_made():
 def test_an_entry_without_its_attributes_is_refused_by_name():
     with pytest.raises(Exception, match="lacks owner"):
         paths_to_write([{"path": "/x", "group": "root", "mode": "0755"}], {})
+
+
+def test_a_rendered_file_as_the_read_found_it_does_not_differ():
+    assert not file_differs(state(), HELPER, "root", "root", "0755")
+
+
+@pytest.mark.parametrize("changes", [{"exists": False}, {"mode": "0640"}, {"owner": "postgres"}, {"isdir": True}])
+def test_a_rendered_file_differs_in_any_attribute_from_the_read(changes):
+    assert file_differs(state(**changes), HELPER, "root", "root", "0755")
+
+
+def test_a_rendered_file_differs_in_content_or_when_the_read_has_no_state():
+    assert file_differs(state(), HELPER + "more\n", "root", "root", "0755")
+    assert file_differs(None, HELPER, "root", "root", "0755")
+    with pytest.raises(Exception, match="file_differs: the state must be"):
+        file_differs("/x", HELPER, "root", "root", "0755")
