@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 
@@ -83,6 +84,58 @@ class _OneWorkerPerHost(LoadScopeScheduling):
     def _split_scope(self, nodeid):
         found = self._hosts.search(nodeid)
         return found.group(0) if found else nodeid
+
+
+def children_of(pid):
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(entry))
+    return found
+
+
+def kill_tree(pid):
+    """SIGKILL ``pid`` and every process under it, as a crash of the controller would end them.
+    Ansible's forked workers run in sessions of their own, which a kill of the process group
+    misses: a surviving worker could go on changing the host after the test moved on. Each
+    process is stopped first, so none forks a new one between the walk and the kill."""
+    stopped, todo = set(), {pid}
+    while todo:
+        current = todo.pop()
+        try:
+            os.kill(current, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        stopped.add(current)
+        todo |= children_of(current) - stopped
+    for process in stopped:
+        try:
+            os.kill(process, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def kill_at_task():
+    """kill_at_task(run, header): kill a running ansible-playbook (a Popen with text stdout) and
+    every process under it when it prints the task header that starts with ``header``."""
+
+    def kill(run, header):
+        for line in run.stdout:
+            if line.startswith(header):
+                kill_tree(run.pid)
+                break
+        run.wait()
+        assert run.returncode == -signal.SIGKILL, f"the run ended before {header!r}"
+
+    return kill
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -108,18 +108,19 @@ def pg_tuning_live(read, plan, variables):
 def pg_tuning_plans(read, variables, host):
     """Plans for the clusters a host tunes. ``read`` is what module postgresql_info returned,
     ``variables`` the role's variables without their postgresql_tuning_ prefix, ``host`` the
-    inventory name. Returns ``{"plans": [...], "refusals": [...]}``: input the role refuses is
-    reported, in the role's variable names, not raised, so the role fails before any change."""
+    inventory name. Returns ``{"plans": [...], "refusals": [...], "pending": [...], "overridden": [...]}``:
+    input the role refuses is reported, in the role's variable names, not raised, so the role fails
+    before any change; pending and overridden are every running cluster's, as the read found them."""
     check_mapping(read, "pg_tuning_plans input")
     check_mapping(variables, "pg_tuning_plans variables")
     refusals = input_refusals(variables)
     if refusals:
-        return {"plans": [], "refusals": refusals}
+        return {"plans": [], "refusals": refusals, "pending": [], "overridden": []}
     wanted = list(variables.get("clusters") or [cluster["name"] for cluster in read["clusters"]])
     refusals = missing_clusters(read, wanted, host)
     plans = []
     if refusals:
-        return {"plans": plans, "refusals": refusals}
+        return {"plans": plans, "refusals": refusals, "pending": [], "overridden": []}
     for cluster in read["clusters"]:
         if cluster["name"] not in wanted:
             continue
@@ -127,7 +128,12 @@ def pg_tuning_plans(read, variables, host):
             plans.append(plan_cluster(cluster, variables, len(wanted)))
         except AnsibleFilterError as err:
             refusals.append(" ".join(str(err).split()))
-    return {"plans": plans, "refusals": refusals}
+    return {
+        "plans": plans,
+        "refusals": refusals,
+        "pending": [row for plan in plans for row in plan.get("pending", [])],
+        "overridden": [row for plan in plans for row in plan.get("overridden", [])],
+    }
 
 
 def pg_pending_restart(clusters, parity):

@@ -163,6 +163,11 @@ def pgbouncer_apply(written, info, instances, retired, live_before, allow_restar
     start = [instance["unit"] for instance in instances if instance["unit"] not in running]
     if start:
         reasons.append(f"{', '.join(start)} to start or enable")
+    # A run stopped between a write and its RELOAD leaves the files as planned and the processes
+    # on the old values: they reload, instead of the check after it finding them not live.
+    reload = sorted({d["setting"] for d in live_before if not d["restart"] and d["unit"] in retired["active"]})
+    if reload:
+        reasons.append(f"a reload for {', '.join(reload)} (not live)")
     restart = sorted({d["setting"] for d in live_before if d["restart"]})
     if allow_restart and restart:
         reasons.append(f"a restart for {', '.join(restart)} (pgbouncer_allow_restart)")

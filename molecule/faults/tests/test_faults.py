@@ -1,9 +1,6 @@
 """Faults a config push meets at 3 a.m.: each run ends with the server answering and the
 previous configuration in place (or the new one live, when the run succeeds)."""
 
-import os
-import signal
-
 import pytest
 from conftest import SCENARIO, ansible_playbook, fingerprint, tune
 
@@ -160,19 +157,15 @@ def test_a_full_disk_under_the_include_dir_fails_the_write_and_keeps_the_old_fil
     assert pg.show("work_mem") == old_work_mem
 
 
-def killed_at(host, task, **variables):
-    """Start a tuning run and SIGKILL ansible-playbook (its whole process group) when it starts `task`."""
+def killed_at(kill_at_task, host, task, **variables):
+    """Start a tuning run and kill it (ansible-playbook and every process under it) when it starts `task`."""
     run = ansible_playbook(SCENARIO / "tune.yml", limit=host.backend.get_hostname(), extra_vars=variables, popen=True)
-    for line in run.stdout:
-        if line.startswith(TASK + task):
-            os.killpg(run.pid, signal.SIGKILL)
-            break
-    run.wait()
-    assert run.returncode == -signal.SIGKILL, f"the run ended before {task!r}"
+    kill_at_task(run, TASK + task)
 
 
-def test_killed_between_write_and_reload_the_next_run_still_reloads(host, pg):
-    killed_at(host, "Read the configuration with the server binary", postgresql_tuning_overrides={"work_mem": "11MB"})
+def test_killed_between_write_and_reload_the_next_run_still_reloads(kill_at_task, host, pg):
+    killed_at(kill_at_task, host, "Read the configuration with the server binary",
+              postgresql_tuning_overrides={"work_mem": "11MB"})
     assert "\nwork_mem = 11MB\n" in host.file(managed_file(pg)).content_string  # written ...
     assert pg.show("work_mem") != "11MB"  # ... and not yet live
     result = tune(host, postgresql_tuning_overrides={"work_mem": "11MB"})
@@ -181,8 +174,8 @@ def test_killed_between_write_and_reload_the_next_run_still_reloads(host, pg):
     assert pg.show("work_mem") == "11MB"
 
 
-def test_killed_during_the_write_leaves_a_whole_file_and_the_next_run_converges(host, pg):
-    killed_at(host, "Write the managed settings file", postgresql_tuning_overrides={"work_mem": "13MB"})
+def test_killed_during_the_write_leaves_a_whole_file_and_the_next_run_converges(kill_at_task, host, pg):
+    killed_at(kill_at_task, host, "Write the managed settings file", postgresql_tuning_overrides={"work_mem": "13MB"})
     content = host.file(managed_file(pg)).content_string
     assert content.endswith("\n") and "\nwal_buffers = " in content  # the last line: not truncated
     assert file_errors(pg) == "0"
@@ -191,9 +184,9 @@ def test_killed_during_the_write_leaves_a_whole_file_and_the_next_run_converges(
     assert pg.show("work_mem") == "13MB"
 
 
-def test_killed_during_the_restart_the_next_run_converges(host, pg):
+def test_killed_during_the_restart_the_next_run_converges(kill_at_task, host, pg):
     inputs = {"postgresql_tuning_allow_restart": True, "postgresql_tuning_overrides": {"shared_buffers": "160MB"}}
-    killed_at(host, "Restart PostgreSQL", **inputs)
+    killed_at(kill_at_task, host, "Restart PostgreSQL", **inputs)
     result = tune(host, **inputs)
     assert result.returncode == 0, result.output[-3000:]
     assert pg.sql("SELECT 1") == "1"

@@ -70,19 +70,23 @@ def name(host):
     return host.backend.get_hostname()
 
 
-def playbook(host, *args, path=SCENARIO / "converge.yml"):
+def playbook(host, *args, path=SCENARIO / "converge.yml", popen=False):
     """Run converge.yml on this host alone with molecule's inventory and config; stdout holds all output."""
-    return ansible_playbook(path, "--limit", name(host), *args)
+    return ansible_playbook(path, "--limit", name(host), *args, popen=popen)
 
 
-def ansible_playbook(path, *args, inventories=()):
-    """Run a playbook with molecule's inventory (then ``inventories``) and config; stdout holds all output."""
+def ansible_playbook(path, *args, inventories=(), popen=False):
+    """Run a playbook with molecule's inventory (then ``inventories``) and config; stdout holds all output.
+    With ``popen``, start it and return the running process."""
     ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
     command = ["ansible-playbook", "-i", str(ephemeral / "inventory")]
     for extra in inventories:
         command += ["-i", str(extra)]
     command += [str(path), *args]
     env = dict(os.environ, ANSIBLE_CONFIG=str(ephemeral / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    if popen:
+        return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
     return subprocess.run(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=900, check=False)
 
@@ -918,6 +922,29 @@ def test_a_reload_that_does_not_take_puts_the_last_good_file_back(fault_host):
         str(MAX_CLIENT_CONN), str(POOL_SIZE), "600")
     assert fault_host.file(ini).sha256sum == last_good.sha256sum
     assert main_pid(fault_host, unit) == pid
+
+
+def test_a_run_stopped_between_the_write_and_its_reload_is_reloaded_by_the_next(fault_host, kill_at_task):
+    """The controller dies after pgbouncer.ini is written and before its RELOAD: the file holds the new value and
+    the process runs the old one. The next run reloads it, and keeps the file rather than putting the last good
+    one back."""
+    unit, ini = "pgbouncer.service", "/etc/pgbouncer/pgbouncer.ini"
+    pid = main_pid(fault_host, unit)
+    try:
+        kill_at_task(playbook(fault_host, "-e", "pgbouncer_server_idle_timeout=602", popen=True),
+                     "TASK [headroom.pg.pgbouncer : Apply them")
+        assert "\nserver_idle_timeout = 602\n" in fault_host.file(ini).content_string
+        assert live_config(fault_host, unit)["server_idle_timeout"] == "600"
+        result = playbook(fault_host, "-e", "pgbouncer_server_idle_timeout=602")
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "Reloading pgbouncer.service: the files hold server_idle_timeout" in " ".join(result.stdout.split())
+        assert live_config(fault_host, unit)["server_idle_timeout"] == "602"
+        assert fault_host.file(ini + ".last-good").sha256sum == fault_host.file(ini).sha256sum
+        assert main_pid(fault_host, unit) == pid
+    finally:
+        restored = playbook(fault_host)
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert live_config(fault_host, unit)["server_idle_timeout"] == "600"
 
 
 def test_settings_debian_12s_pgbouncer_lacks_are_refused_before_any_file_changes(fault_host):

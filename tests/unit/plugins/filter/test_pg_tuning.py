@@ -112,6 +112,22 @@ def test_a_restart_only_difference_is_pending_and_applied_only_when_restarts_are
     assert plan_of(cluster, allow_restart=True)["apply_reasons"] == ["restart"]
 
 
+def test_the_plans_list_every_running_clusters_pending_and_overridden_settings_and_none_of_a_stopped_one():
+    waiting = running_as_planned()
+    next(row for row in waiting["settings"] if row["name"] == "shared_buffers").update(setting="1", pending_restart=True)
+    overridden = running_as_planned(name="16/other")
+    next(row for row in overridden["file_settings"] if row["name"] == "work_mem").update(
+        setting="64MB", sourcefile="/var/lib/postgresql/16/other/postgresql.auto.conf")
+    planned = pg_tuning_plans({"clusters": [waiting, overridden, stopped("16/third")]}, VARIABLES, "db1")
+    # Three clusters share the host's memory, so more settings differ than the one changed here.
+    assert ("16/main", "shared_buffers") in [(p["cluster"], p["name"]) for p in planned["pending"]]
+    assert [(o["cluster"], o["name"]) for o in planned["overridden"]] == [("16/other", "work_mem")]
+    assert planned["pending"] == [row for plan in planned["plans"] for row in plan.get("pending", [])]
+    assert "16/third" not in {row["cluster"] for row in planned["pending"] + planned["overridden"]}
+    refused = pg_tuning_plans({"clusters": [waiting]}, dict(VARIABLES, clusters=["16/missing"]), "db1")
+    assert refused["refusals"] and refused["pending"] == [] and refused["overridden"] == []
+
+
 def test_alter_system_overrides_are_kept_unless_reset():
     cluster = running_as_planned()
     row = next(row for row in cluster["file_settings"] if row["name"] == "work_mem")
