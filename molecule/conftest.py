@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -86,19 +87,32 @@ class _OneWorkerPerHost(LoadScopeScheduling):
         return found.group(0) if found else nodeid
 
 
+def proc_stat(pid):
+    """State and parent of a process (/proc/<pid>/stat), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+            state, ppid = handle.read().rsplit(")", 1)[1].split()[:2]
+    except (OSError, IndexError, ValueError):
+        return None
+    return state, int(ppid)
+
+
 def children_of(pid):
     """The processes whose parent is ``pid`` (from /proc)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
-                # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(entry))
-    return found
+    return {int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and (proc_stat(entry) or ("", 0))[1] == pid}
+
+
+def stopped_or_gone(pid, timeout=2.0):
+    """Wait until ``pid`` has stopped: os.kill returns before SIGSTOP takes effect, and until it
+    does the process may still fork a child that a walk of its children would miss."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = proc_stat(pid)
+        if found is None or found[0] in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.005)
 
 
 def kill_tree(pid):
@@ -114,6 +128,7 @@ def kill_tree(pid):
         except ProcessLookupError:
             continue
         stopped.add(current)
+        stopped_or_gone(current)
         todo |= children_of(current) - stopped
     for process in stopped:
         try:

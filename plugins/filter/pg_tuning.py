@@ -115,12 +115,12 @@ def pg_tuning_plans(read, variables, host):
     check_mapping(variables, "pg_tuning_plans variables")
     refusals = input_refusals(variables)
     if refusals:
-        return {"plans": [], "refusals": refusals, "pending": [], "overridden": []}
+        return planned([], refusals)
     wanted = list(variables.get("clusters") or [cluster["name"] for cluster in read["clusters"]])
     refusals = missing_clusters(read, wanted, host)
-    plans = []
     if refusals:
-        return {"plans": plans, "refusals": refusals, "pending": [], "overridden": []}
+        return planned([], refusals)
+    plans = []
     for cluster in read["clusters"]:
         if cluster["name"] not in wanted:
             continue
@@ -128,6 +128,11 @@ def pg_tuning_plans(read, variables, host):
             plans.append(plan_cluster(cluster, variables, len(wanted)))
         except AnsibleFilterError as err:
             refusals.append(" ".join(str(err).split()))
+    return planned(plans, refusals)
+
+
+def planned(plans, refusals):
+    """pg_tuning_plans' answer: the plans, the refusals, and every plan's pending and overridden rows."""
     return {
         "plans": plans,
         "refusals": refusals,
