@@ -4,7 +4,8 @@ A file, copy or template task that finds nothing to change still costs two round
 host (a stat, then the file module for owner and mode). A role that has read the host already
 (module pgbouncer_info, option paths; postgresql_info's managed_file) loops its task over only
 the entries paths_to_write returns, or skips a template whose rendering file_differs finds on
-the host already.
+the host already. A template's entry may carry the SHA-1 of its rendering as ``checksum``
+(lookup headroom.pg.rendered_files) instead of the content itself.
 """
 
 import hashlib
@@ -18,7 +19,8 @@ ATTRIBUTES = ("owner", "group", "mode")
 def paths_to_write(wanted, states):
     """The entries of ``wanted`` that ``states`` (a read's paths: exists, isdir, mode, owner, group,
     checksum) does not show as wanted. Each entry has path, owner, group and mode; one with
-    ``content`` is a file, compared by the SHA-1 of that content, and the others are directories."""
+    ``content`` or ``checksum`` (the SHA-1 of its content) is a file, compared by that SHA-1, and
+    the others are directories."""
     if not isinstance(states, Mapping):
         raise AnsibleFilterError(f"paths_to_write: states must be a read's paths (a mapping), got {states!r}")
     changes = []
@@ -39,11 +41,16 @@ def file_differs(state, content, owner, group, mode):
     return _differs(state or {}, {"content": content, "owner": owner, "group": group, "mode": mode})
 
 
+def sha1_of(content):
+    """The SHA-1 a read reports for a file holding ``content`` (UTF-8)."""
+    return hashlib.sha1(str(content).encode("utf-8")).hexdigest()
+
+
 def _differs(state, entry):
     same = bool(state.get("exists")) and all(str(state.get(key)) == str(entry[key]) for key in ATTRIBUTES)
-    if "content" in entry:
-        return not (same and not state.get("isdir") and state.get("checksum") == hashlib.sha1(
-            str(entry["content"]).encode("utf-8")).hexdigest())
+    if "checksum" in entry or "content" in entry:
+        checksum = entry["checksum"] if "checksum" in entry else sha1_of(entry["content"])
+        return not (same and not state.get("isdir") and state.get("checksum") == checksum)
     return not (same and bool(state.get("isdir")))
 
 

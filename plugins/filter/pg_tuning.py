@@ -186,9 +186,19 @@ def pg_tuning_report(plans, overridden, pending):
     return lines
 
 
+def pg_tuning_files(plans, template, attributes):
+    """The managed file of each plan, as an entry for lookup headroom.pg.rendered_files: its path,
+    the role's ``template`` rendered with the plan as ``__postgresql_tuning_plan`` (the loop
+    variable of tasks/write.yml), and the ``attributes`` (owner, group, mode) the role writes it with."""
+    check_mapping(attributes, "pg_tuning_files attributes")
+    return [dict({"name": plan["name"], "path": plan["cluster"]["managed_file"]["path"], "template": template,
+                  "vars": {"__postgresql_tuning_plan": plan}}, **attributes)
+            for plan in plans]
+
+
 class FilterModule:
     """postgresql_tuning's plan."""
 
     def filters(self):
         return {"pg_tuning_plans": pg_tuning_plans, "pg_tuning_live": pg_tuning_live, "pg_pending_restart": pg_pending_restart,
-                "pg_tuning_report": pg_tuning_report}
+                "pg_tuning_report": pg_tuning_report, "pg_tuning_files": pg_tuning_files}

@@ -1,7 +1,8 @@
 """Where the pgbouncer role's databases live and how its processes are laid out.
 
 Both were Jinja loops of set_fact in roles/pgbouncer/tasks/plan.yml; they are read in many
-tasks and templates, so the role keeps them as variables computed by these filters.
+tasks and templates, so the role keeps them as variables computed by these filters. So are
+the files it renders from templates (pgbouncer_files).
 """
 
 from collections.abc import Mapping
@@ -124,6 +125,32 @@ def pgbouncer_instances(processes, config_dir, unix_socket_dir, log_dir):
     } for number in range(1, count + 1)]
 
 
+def pgbouncer_files(instances, config_dir, user, last_good_suffix):
+    """The files the role renders from its templates, as entries for lookup headroom.pg.rendered_files.
+
+    Each has kind (userlist, unit or ini), path, template, owner, group and mode; an ini has
+    vars (its process, as the template's ``instance``) and unit. Every ini has a last_good entry
+    too: the copy of it kept once its RELOAD proved it live, wanted with the same rendering.
+    One process keeps Debian's unit and takes a drop-in; several run the template unit
+    pgbouncer@.service, which the role writes, and take its drop-in.
+    """
+    if not instances:
+        raise AnsibleFilterError("pgbouncer_files: instances must be pgbouncer_instances' result (1 or more processes)")
+    unit = "pgbouncer.service" if len(instances) == 1 else "pgbouncer@.service"
+    private = {"owner": user, "group": user, "mode": "0640"}
+    system = {"owner": "root", "group": "root", "mode": "0644"}
+    files = [
+        {"kind": "userlist", "path": f"{config_dir}/userlist.txt", "template": "userlist.txt.j2", **private},
+        {"kind": "unit", "path": f"/etc/systemd/system/{unit}.d/headroom-limits.conf", "template": "limits.conf.j2", **system},
+    ]
+    if len(instances) > 1:
+        files.append({"kind": "unit", "path": "/etc/systemd/system/pgbouncer@.service", "template": "pgbouncer@.service.j2", **system})
+    for instance in instances:
+        ini = {"path": instance["ini"], "template": "pgbouncer.ini.j2", "vars": {"instance": instance}, "unit": instance["unit"], **private}
+        files += [dict(ini, kind="ini"), dict(ini, kind="last_good", path=instance["ini"] + last_good_suffix)]
+    return files
+
+
 class FilterModule:
     """The pgbouncer role's targets and processes."""
 
@@ -132,4 +159,5 @@ class FilterModule:
             "pgbouncer_targets": pgbouncer_targets,
             "pgbouncer_auth_servers": pgbouncer_auth_servers,
             "pgbouncer_instances": pgbouncer_instances,
+            "pgbouncer_files": pgbouncer_files,
         }

@@ -135,23 +135,24 @@ def pgbouncer_retired(info, instances):
     }
 
 
-def _changed(result):
-    """Ansible's ``changed`` test: the result, or any result of its loop, changed."""
-    if not isinstance(result, dict):
-        raise AnsibleFilterError(f"pgbouncer_apply: a written file's result must be a registered result, got {result!r}")
-    return bool(result.get("changed")) or any(_changed(item) for item in result.get("results") or ())
+# What a file of each kind to write makes live (pgbouncer_files' kinds): the helpers, the
+# directories and a last good copy need no reload.
+WRITTEN_REASONS = (("userlist", "userlist.txt to write"), ("ini", "pgbouncer.ini to write"),
+                   ("unit", "the unit files (pgbouncer@.service, the LimitNOFILE drop-in) to write"))
 
 
-def pgbouncer_apply(written, info, instances, retired, live_before, allow_restart):
+def pgbouncer_apply(to_write, info, instances, retired, live_before, allow_restart):
     """The reasons to make the host live, in a fixed order; [] on a no-op.
 
-    ``written``: each written file's registered result by a name for it; ``info``: the result of
-    pgbouncer_info; ``instances``: the planned processes; ``retired``: pgbouncer_retired of them;
-    ``live_before``: pgbouncer_live_diff of the first read; ``allow_restart``: pgbouncer_allow_restart.
+    ``to_write``: the plan's files that differ from the read (entries with a kind, lookup
+    headroom.pg.rendered_files and filter paths_to_write); ``info``: the result of pgbouncer_info;
+    ``instances``: the planned processes; ``retired``: pgbouncer_retired of them; ``live_before``:
+    pgbouncer_live_diff of the first read; ``allow_restart``: pgbouncer_allow_restart.
     """
-    if not isinstance(written, dict):
-        raise AnsibleFilterError(f"pgbouncer_apply: written must map names to registered results, got {written!r}")
-    reasons = [f"{name} changed" for name, result in written.items() if _changed(result)]
+    if not isinstance(to_write, list) or not all(isinstance(entry, dict) and "kind" in entry for entry in to_write):
+        raise AnsibleFilterError(f"pgbouncer_apply: to_write must be a list of file entries with a kind, got {to_write!r}")
+    kinds = {entry["kind"] for entry in to_write}
+    reasons = [reason for kind, reason in WRITTEN_REASONS if kind in kinds]
     stop = [unit for unit in retired["units"] if unit in retired["loaded"]]
     if stop:
         reasons.append(f"{', '.join(stop)} to stop and disable")

@@ -49,3 +49,11 @@ def test_a_rendered_file_differs_in_content_or_when_the_read_has_no_state():
     assert file_differs(None, HELPER, "root", "root", "0755")
     with pytest.raises(Exception, match="file_differs: the state must be"):
         file_differs("/x", HELPER, "root", "root", "0755")
+
+
+def test_a_file_given_by_the_sha1_of_its_rendering_compares_as_its_content_would():
+    rendered = {key: value for key, value in FILE.items() if key != "content"}
+    rendered["checksum"] = hashlib.sha1(HELPER.encode()).hexdigest()
+    assert paths_to_write([rendered], {FILE["path"]: state()}) == []
+    assert paths_to_write([rendered], {FILE["path"]: state(checksum="0" * 40)}) == [rendered]
+    assert paths_to_write([rendered], {}) == [rendered]

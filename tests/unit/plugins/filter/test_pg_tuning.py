@@ -4,7 +4,13 @@ import copy
 
 import pytest
 from ansible_collections.headroom.pg.plugins.filter.fleet_plan import _server_spec
-from ansible_collections.headroom.pg.plugins.filter.pg_tuning import pg_pending_restart, pg_tuning_live, pg_tuning_plans, pg_tuning_report
+from ansible_collections.headroom.pg.plugins.filter.pg_tuning import (
+    pg_pending_restart,
+    pg_tuning_files,
+    pg_tuning_live,
+    pg_tuning_plans,
+    pg_tuning_report,
+)
 from ansible_collections.headroom.pg.plugins.plugin_utils.pg_tuning import in_role_terms, tuning_spec
 
 GB = 2**30
@@ -305,3 +311,11 @@ def test_report_says_each_warning_override_and_pending_restart_on_a_line_and_not
         " and site.yml does when it is true): 16/main max_connections running 100, configured 40",
     ]
     assert pg_tuning_report([plans[1]], [], []) == []
+
+
+def test_each_plans_managed_file_is_rendered_with_the_plan_as_the_write_task_names_it():
+    plan = plan_of(running_as_planned())
+    attributes = {"owner": "postgres", "group": "postgres", "mode": "0640"}
+    assert pg_tuning_files([plan], "headroom.conf.j2", attributes) == [{
+        "name": "16/main", "path": MANAGED, "template": "headroom.conf.j2", "vars": {"__postgresql_tuning_plan": plan},
+        "owner": "postgres", "group": "postgres", "mode": "0640"}]

@@ -1,6 +1,8 @@
 import pytest
+from ansible.errors import AnsibleFilterError
 from ansible_collections.headroom.pg.plugins.filter.pgbouncer_layout import (
     pgbouncer_auth_servers,
+    pgbouncer_files,
     pgbouncer_instances,
     pgbouncer_targets,
 )
@@ -66,3 +68,28 @@ def test_one_process_keeps_debians_unit_and_paths_and_several_are_numbered():
         (2, "pgbouncer@2.service", "/etc/pgbouncer/pgbouncer-2.ini", "/run/pgbouncer-2")]
     with pytest.raises(Exception, match="processes must be 1 or more"):
         pgbouncer_instances(0, "/e", "/s", "/l")
+
+
+def test_one_process_renders_its_userlist_drop_in_ini_and_wants_its_last_good_copy():
+    instances = pgbouncer_instances(1, "/etc/pgbouncer", "/var/run/postgresql", "/var/log/postgresql")
+    files = pgbouncer_files(instances, "/etc/pgbouncer", "postgres", ".last-good")
+    assert [(f["kind"], f["path"], f["template"]) for f in files] == [
+        ("userlist", "/etc/pgbouncer/userlist.txt", "userlist.txt.j2"),
+        ("unit", "/etc/systemd/system/pgbouncer.service.d/headroom-limits.conf", "limits.conf.j2"),
+        ("ini", "/etc/pgbouncer/pgbouncer.ini", "pgbouncer.ini.j2"),
+        ("last_good", "/etc/pgbouncer/pgbouncer.ini.last-good", "pgbouncer.ini.j2"),
+    ]
+    assert {(f["owner"], f["group"], f["mode"]) for f in files if f["kind"] != "unit"} == {("postgres", "postgres", "0640")}
+    assert (files[1]["owner"], files[1]["group"], files[1]["mode"]) == ("root", "root", "0644")
+    assert files[2]["vars"] == files[3]["vars"] == {"instance": instances[0]}
+
+
+def test_several_processes_add_the_template_unit_and_an_ini_each():
+    instances = pgbouncer_instances(2, "/etc/pgbouncer", "/var/run/postgresql", "/var/log/postgresql")
+    files = pgbouncer_files(instances, "/etc/pgbouncer", "postgres", ".last-good")
+    assert [f["path"] for f in files if f["kind"] == "unit"] == [
+        "/etc/systemd/system/pgbouncer@.service.d/headroom-limits.conf", "/etc/systemd/system/pgbouncer@.service"]
+    assert [(f["path"], f["unit"]) for f in files if f["kind"] == "ini"] == [
+        ("/etc/pgbouncer/pgbouncer-1.ini", "pgbouncer@1.service"), ("/etc/pgbouncer/pgbouncer-2.ini", "pgbouncer@2.service")]
+    with pytest.raises(AnsibleFilterError, match="pgbouncer_files: instances"):
+        pgbouncer_files([], "/etc/pgbouncer", "postgres", ".last-good")

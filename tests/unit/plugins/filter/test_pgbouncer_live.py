@@ -150,15 +150,12 @@ def test_retired(sentence, given, instances, expected):
     assert pgbouncer_retired(given, instances) == expected, sentence
 
 
-UNCHANGED = {"changed": False}
-WRITTEN = {"userlist.txt": UNCHANGED, "pgbouncer.ini": {"changed": False, "results": [UNCHANGED]},
-           "pgbouncer@.service": {"changed": False, "skipped": True}, "the LimitNOFILE drop-in": UNCHANGED}
 RUNS = info([("pgbouncer.service", "loaded", "active")], ["pgbouncer.ini"])
 
 
-def apply(written=None, given=None, instances=(SINGLE,), live_before=(), allow_restart=False, template_unit=False):
+def apply(to_write=(), given=None, instances=(SINGLE,), live_before=(), allow_restart=False, template_unit=False):
     given = dict(given or RUNS, template_unit=template_unit)
-    return pgbouncer_apply({**WRITTEN, **(written or {})}, given, list(instances),
+    return pgbouncer_apply([{"kind": kind, "path": f"/{kind}"} for kind in to_write], given, list(instances),
                            pgbouncer_retired(given, list(instances)), list(live_before), allow_restart)
 
 
@@ -180,9 +177,12 @@ TWO = [dict(SINGLE, id=1, unit="pgbouncer@1.service"), dict(SINGLE, id=2, unit="
         ("a restart-only difference with pgbouncer_allow_restart restarts",
          {"live_before": [RESTART, RELOAD], "allow_restart": True},
          ["a reload for max_client_conn (not live)", "a restart for listen_port (pgbouncer_allow_restart)"]),
-        ("a changed userlist", {"written": {"userlist.txt": {"changed": True}}}, ["userlist.txt changed"]),
-        ("a changed pgbouncer.ini of one process in a loop",
-         {"written": {"pgbouncer.ini": {"results": [UNCHANGED, {"changed": True}]}}}, ["pgbouncer.ini changed"]),
+        ("a userlist to write", {"to_write": ["userlist"]}, ["userlist.txt to write"]),
+        ("the ini files of two processes to write, and a drop-in: one reason each, in a fixed order",
+         {"to_write": ["unit", "ini", "ini"]},
+         ["pgbouncer.ini to write", "the unit files (pgbouncer@.service, the LimitNOFILE drop-in) to write"]),
+        ("directories, helpers and a last good copy to write make nothing live",
+         {"to_write": ["directory", "helper", "last_good"]}, []),
         ("a process that is stopped",
          {"given": info([("pgbouncer.service", "loaded", "inactive")])}, ["pgbouncer.service to start or enable"]),
         ("a process that is not installed yet", {"given": info()}, ["pgbouncer.service to start or enable"]),
@@ -198,11 +198,10 @@ def test_apply(sentence, kwargs, expected):
     assert apply(**kwargs) == expected, sentence
 
 
-def test_apply_refuses_what_is_not_registered_results():
-    with pytest.raises(AnsibleFilterError, match="registered result"):
-        apply(written={"userlist.txt": "changed"})
-    with pytest.raises(AnsibleFilterError, match="written must map"):
-        pgbouncer_apply([], RUNS, [SINGLE], pgbouncer_retired(RUNS, [SINGLE]), [], False)
+def test_apply_refuses_what_is_not_a_list_of_file_entries():
+    for to_write in ({"userlist.txt": {"changed": True}}, [{"path": "/etc/pgbouncer/userlist.txt"}], ["userlist"]):
+        with pytest.raises(AnsibleFilterError, match="to_write must be a list of file entries with a kind"):
+            pgbouncer_apply(to_write, RUNS, [SINGLE], pgbouncer_retired(RUNS, [SINGLE]), [], False)
 
 
 SHARES = {"users": {"leaky": {"max_user_connections": 14, "max_user_client_connections": 5},
